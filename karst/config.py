@@ -1,0 +1,216 @@
+"""Typed, validated configuration: the adapter (``KarstConfig``) and a whole run (``TrainConfig``).
+
+Every check happens at construction, so a bad value fails where it was given, with a message that
+names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from .errors import ConfigError
+
+__all__ = [
+    "Rescale",
+    "MethodName",
+    "DeviceName",
+    "KarstConfig",
+    "TrainConfig",
+    "DEFAULT_TARGETS",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_DATASET",
+]
+
+Rescale = Literal["channel", "scalar", "none"]
+MethodName = Literal["karst", "lora", "lokr", "full", "probe"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+# The four linear layers of a ViT/Swin block: attention in/out and the two MLP layers.
+DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+DEFAULT_BACKBONE = "karst-vit-micro"
+DEFAULT_DATASET = "synth-objects"
+
+
+def _choice(name: str, value: Any, literal: Any) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not a valid choice; allowed: {', '.join(map(repr, allowed))}.")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}.")
+
+
+def _positive_float(name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} must be a finite number {bound}.")
+
+
+@dataclass(frozen=True)
+class KarstConfig:
+    """Settings of the KARST adapter (arXiv 2502.06779).
+
+    Args:
+        n_kernels: N, the number of Kronecker products summed in ΔW (paper default 2).
+        stack_dim: m, the side of each ``C_i`` (m×m); must divide d_in and d_out of every target.
+        rank: r, the rank of each ``A_i B_i`` block; at most min(d_out, d_in)/m.
+        rescale: channel-wise ``s1, s2`` (paper), a single scalar pair, or no re-scaling (ablation).
+        target_modules: module-name suffixes to adapt inside the transformer blocks.
+        init_std_C: std of the Gaussian init of ``C_i``; see ``KarstLinear.reset_parameters``.
+        init_std_A: std of the Gaussian init of ``A_i``; ``None`` means 1/sqrt(r) (see the layer).
+    """
+
+    n_kernels: int = 2
+    stack_dim: int = 8
+    rank: int = 8
+    rescale: Rescale = "channel"
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    init_std_C: float = 1.0
+    init_std_A: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("n_kernels", self.n_kernels)
+        _positive_int("stack_dim", self.stack_dim)
+        _positive_int("rank", self.rank)
+        _choice("rescale", self.rescale, Rescale)
+        targets = self.target_modules
+        if isinstance(targets, str):
+            targets = (targets,)
+        targets = tuple(targets)
+        if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            raise ConfigError(
+                f"target_modules={self.target_modules!r} must be a non-empty list of module-name "
+                "suffixes such as ('qkv', 'proj', 'fc1', 'fc2')."
+            )
+        object.__setattr__(self, "target_modules", targets)
+        _positive_float("init_std_C", self.init_std_C)
+        if self.init_std_A is not None:
+            _positive_float("init_std_A", self.init_std_A)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KarstConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored as ``config.json`` in the run folder.
+
+    Defaults run the embedded backbone on the default embedded task on a CPU.
+    """
+
+    backbone: str = DEFAULT_BACKBONE  # embedded name, timm model name, or path to a weight file
+    backbone_arch: str | None = None  # timm architecture of a local weight file
+    dataset: str = DEFAULT_DATASET  # embedded task name, folder, zip, VTAB-1K folder or torchvision:NAME
+    method: MethodName = "karst"
+    n_kernels: int = 2  # N
+    stack_dim: int = 8  # m
+    rank: int = 8  # r (also the LoRA / LoKr rank)
+    rescale: Rescale = "channel"
+    lora_alpha: float = 16.0  # LoRA/LoKr scaling numerator (alpha / r)
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # PETL literature: AdamW around 1e-3 for adapters
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    drop_path: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    device: DeviceName = "auto"
+    num_workers: int = 0
+    probe_size: int = 64  # images in the fixed probe batch for feature statistics
+    max_train_samples: int | None = None  # None = all
+
+    def __post_init__(self) -> None:
+        for name in ("backbone", "dataset"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name}={value!r} must be a non-empty name or path.")
+        _choice("method", self.method, MethodName)
+        _choice("rescale", self.rescale, Rescale)
+        _choice("device", self.device, DeviceName)
+        for name in ("n_kernels", "stack_dim", "rank", "epochs", "batch_size", "probe_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("warmup_epochs", "seed", "num_workers"):
+            _positive_int(name, getattr(self, name), minimum=0)
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ConfigError(
+                f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}; "
+                f"try warmup_epochs={max(0, self.epochs // 10)}."
+            )
+        _positive_float("lr", self.lr)
+        _positive_float("lora_alpha", self.lora_alpha)
+        _positive_float("weight_decay", self.weight_decay, allow_zero=True)
+        _positive_float("label_smoothing", self.label_smoothing, allow_zero=True)
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be below 1; try 0.1.")
+        _positive_float("drop_path", self.drop_path, allow_zero=True)
+        if self.drop_path >= 1:
+            raise ConfigError(f"drop_path={self.drop_path} must be below 1; try 0.1.")
+        if self.grad_clip is not None:
+            _positive_float("grad_clip", self.grad_clip)
+        if self.max_train_samples is not None:
+            _positive_int("max_train_samples", self.max_train_samples)
+        # Reuse KarstConfig's checks for the adapter fields so both report the same way.
+        self.target_modules = self.karst_config().target_modules
+
+    def karst_config(self) -> KarstConfig:
+        return KarstConfig(
+            n_kernels=self.n_kernels,
+            stack_dim=self.stack_dim,
+            rank=self.rank,
+            rescale=self.rescale,
+            target_modules=tuple(self.target_modules),
+        )
+
+    def method_config(self):
+        from .methods import MethodConfig
+
+        return MethodConfig(
+            method=self.method,
+            n_kernels=self.n_kernels,
+            stack_dim=self.stack_dim,
+            rank=self.rank,
+            rescale=self.rescale,
+            lora_alpha=self.lora_alpha,
+            target_modules=tuple(self.target_modules),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(names))}."
+        )
+    kwargs = dict(data)
+    if "target_modules" in kwargs and isinstance(kwargs["target_modules"], list):
+        kwargs["target_modules"] = tuple(kwargs["target_modules"])
+    return cls(**kwargs)
+

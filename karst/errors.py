@@ -1,0 +1,33 @@
+"""Typed errors whose message is one line: what was given, why it is wrong, what to try.
+
+The CLI prints ``str(err)`` and exits with status 2; the app shows it as a message. Any other
+exception escaping the library is a bug.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KarstError", "ConfigError", "DataError", "BackboneError", "RunError"]
+
+
+class KarstError(ValueError):
+    """Base class for every error the user can fix by changing their input."""
+
+    def __init__(self, message: str):
+        # Keep the message on one line: it is shown verbatim in a terminal and in the app.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(KarstError):
+    """Invalid settings (adapter, method or training configuration)."""
+
+
+class DataError(KarstError):
+    """A dataset that cannot be read, is malformed or unsafe."""
+
+
+class BackboneError(KarstError):
+    """A backbone name, weight file or architecture that cannot be loaded."""
+
+
+class RunError(KarstError):
+    """A run folder that does not exist, is in the wrong state, or is damaged."""

@@ -1,0 +1,216 @@
+"""One interface over every fine-tuning method, so the trainer and the app treat them alike.
+
+- ``karst``: this package's KARST adapter (``apply_karst``).
+- ``lora`` / ``lokr``: the maintained reference implementations from ``peft``.
+- ``full``: every parameter trains.  ``probe``: only the classifier head trains.
+
+Each method exposes the trainable module, its parameter count, its adapter tensors, and a merged
+plain timm model whose state_dict has the original keys.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .config import DEFAULT_TARGETS, KarstConfig, MethodName, Rescale, _choice, _positive_float, _positive_int
+from .errors import ConfigError
+from .model import (
+    ParamCount,
+    apply_karst,
+    check_karst,
+    find_target_linears,
+    head_parameter_names,
+    merge_karst,
+)
+
+__all__ = ["MethodConfig", "Method", "build_method", "check_settings", "METHODS"]
+
+METHODS: tuple[str, ...] = ("karst", "lora", "lokr", "full", "probe")
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Which method to build and its settings.
+
+    Args:
+        method: karst | lora | lokr | full | probe.
+        n_kernels, stack_dim, rank, rescale: KARST's N, m, r and re-scaling mode; ``rank`` is also the
+            LoRA / LoKr rank so that "r=8" means the same budget knob for every adapter.
+        lora_alpha: LoRA / LoKr scaling numerator (the update is multiplied by alpha / r).
+        target_modules: layer-name suffixes to adapt (same layers for KARST, LoRA and LoKr).
+    """
+
+    method: MethodName = "karst"
+    n_kernels: int = 2
+    stack_dim: int = 8
+    rank: int = 8
+    rescale: Rescale = "channel"
+    lora_alpha: float = 16.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, MethodName)
+        _positive_int("rank", self.rank)
+        _positive_float("lora_alpha", self.lora_alpha)
+        if self.method == "karst":
+            self.karst_config()  # validates N, m, r, rescale, targets
+        else:
+            KarstConfig(target_modules=self.target_modules)  # validates targets only
+
+    def karst_config(self) -> KarstConfig:
+        return KarstConfig(
+            n_kernels=self.n_kernels,
+            stack_dim=self.stack_dim,
+            rank=self.rank,
+            rescale=self.rescale,
+            target_modules=tuple(self.target_modules),
+        )
+
+
+class Method:
+    """A model prepared for one fine-tuning method.
+
+    Attributes:
+        name: the method name.
+        model: the module to train and to call for predictions.
+    """
+
+    def __init__(self, name: str, model: nn.Module, config: MethodConfig):
+        self.name = name
+        self.model = model
+        self.config = config
+
+    def base_model(self) -> nn.Module:
+        """The underlying timm model (inside any wrapper)."""
+        return self.model
+
+    def param_count(self) -> ParamCount:
+        base = self.base_model()
+        head_names = head_parameter_names(base)
+        adapter = head = frozen = total = 0
+        for name, p in self.model.named_parameters():
+            total += p.numel()
+            if not p.requires_grad:
+                frozen += p.numel()
+            elif name.removeprefix(_PEFT_PREFIX) in head_names:
+                head += p.numel()
+            else:
+                adapter += p.numel()
+        return ParamCount(adapter=adapter, head=head, frozen=frozen, total=total)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors (adapter + head), keyed by their name in the model."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ConfigError(
+                f"adapter weights do not fit this {self.name} model: missing {missing[:2]}, "
+                f"unexpected {unexpected[:2]}; load them into the backbone and method they came from."
+            )
+        for key, tensor in state.items():
+            if params[key].shape != tensor.shape:
+                raise ConfigError(
+                    f"adapter tensor {key} has shape {tuple(tensor.shape)}, the model expects "
+                    f"{tuple(params[key].shape)}; use the same backbone, classes and settings."
+                )
+            params[key].copy_(tensor)
+
+    def merged_model(self) -> nn.Module:
+        """A plain timm model equal to the adapted one (state_dict keys of the original model)."""
+        return copy.deepcopy(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, **self.param_count().to_dict()}
+
+
+class KarstMethod(Method):
+    def merged_model(self) -> nn.Module:
+        return merge_karst(copy.deepcopy(self.model))
+
+
+class PeftMethod(Method):
+    def base_model(self) -> nn.Module:
+        return self.model.get_base_model()
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def merged_model(self) -> nn.Module:
+        return copy.deepcopy(self.model).merge_and_unload()
+
+
+def _freeze_all_but_head(model: nn.Module) -> None:
+    head = head_parameter_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in head)
+
+
+def _peft_targets(model: nn.Module, config: MethodConfig) -> list[str]:
+    # The exact module names KARST would adapt, so LoRA/LoKr touch the same layers. (A bare suffix
+    # "proj" given to peft would also match the Conv2d patch_embed.proj.)
+    names = list(find_target_linears(model, config.target_modules))
+    if not names:
+        check_karst(model, KarstConfig(target_modules=config.target_modules))  # raises the clear error
+    return names
+
+
+def _check_peft_rank(model: nn.Module, config: MethodConfig) -> None:
+    targets = find_target_linears(model, config.target_modules)
+    smallest = min(min(lin.in_features, lin.out_features) for lin in targets.values())
+    if config.rank > smallest:
+        raise ConfigError(f"rank r={config.rank} exceeds the smallest targeted layer dimension {smallest}; use r <= {smallest}.")
+
+
+def check_settings(model: nn.Module, config: MethodConfig) -> None:
+    """Raise :class:`ConfigError` if ``config`` does not fit ``model``; never modifies the model."""
+    if config.method == "karst":
+        check_karst(model, config.karst_config())
+    elif config.method in ("lora", "lokr"):
+        _peft_targets(model, config)
+        _check_peft_rank(model, config)
+    elif config.method == "probe" and not head_parameter_names(model):
+        raise ConfigError(f"{type(model).__name__} has no classifier head (get_classifier) to probe.")
+
+
+def build_method(model: nn.Module, config: MethodConfig | None = None) -> Method:
+    """Prepare ``model`` (modified in place) for ``config.method`` and return the :class:`Method`."""
+    config = config or MethodConfig()
+    check_settings(model, config)
+    if config.method == "karst":
+        return KarstMethod("karst", apply_karst(model, config.karst_config()), config)
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return Method("full", model, config)
+    if config.method == "probe":
+        _freeze_all_but_head(model)
+        return Method("probe", model, config)
+    return _build_peft(model, config)
+
+
+def _build_peft(model: nn.Module, config: MethodConfig) -> Method:
+    from peft import LoKrConfig, LoraConfig, get_peft_model
+
+    targets = _peft_targets(model, config)
+    if config.method == "lora":
+        peft_config = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0)
+    else:
+        peft_config = LoKrConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets)
+    head = head_parameter_names(model)
+    wrapped = get_peft_model(model, peft_config)
+    # peft freezes everything but the adapters; the classifier head is trained by every method.
+    for name, p in wrapped.named_parameters():
+        if name.removeprefix(_PEFT_PREFIX) in head:
+            p.requires_grad_(True)
+    return PeftMethod(config.method, wrapped, config)
