@@ -1,0 +1,172 @@
+"""KARST Studio web app: ``python app.py [--host H] [--port P] [--runs-dir D] [--auth user:pw] [--share]``.
+
+A thin Gradio client of the ``karst`` engine. Training happens in the engine's worker process, never
+inside a UI event; the page polls the run folders, so refreshing, opening a second tab or losing the
+connection loses nothing.
+
+Safe defaults: binds 127.0.0.1, no share link, an upload size limit, uploads kept in a private
+temporary folder, only the runs directory and that folder served, Gradio's run history off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["AppOptions", "parse_args", "parse_auth", "build_demo", "launch", "main"]
+
+CSS = """
+.karst-progress-text { font-size: 0.9em; color: var(--body-text-color-subdued); }
+#settings-check { min-height: 2.5em; }
+"""
+
+
+@dataclass
+class AppOptions:
+    host: str = "127.0.0.1"
+    port: int | None = None
+    runs_dir: Path = Path("runs")
+    auth: tuple[str, str] | None = None
+    share: bool = False
+    max_file_size: str = "500mb"
+    start_worker: bool = True
+    check: bool = False
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``user:password`` → ``("user", "password")``; the password may itself contain ':'."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("--auth expects user:password with both parts non-empty")
+    return user, password
+
+
+def parse_args(argv: list[str] | None = None) -> AppOptions:
+    p = argparse.ArgumentParser(description="KARST Studio: fine-tune ViTs with Kronecker adapters in the browser.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
+    p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("KARST_RUNS_DIR", "runs")),
+                   help="runs directory shared with the `karst` CLI (default ./runs or $KARST_RUNS_DIR)")
+    p.add_argument("--auth", type=parse_auth, default=None, metavar="USER:PASSWORD",
+                   help="require this login")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    p.add_argument("--max-file-size", default="500mb", help="largest upload accepted (default 500mb)")
+    p.add_argument("--check", action="store_true",
+                   help="build the whole app (catalogues, panels, events) and exit without serving")
+    a = p.parse_args(argv)
+    return AppOptions(host=a.host, port=a.port, runs_dir=a.runs_dir, auth=a.auth, share=a.share,
+                      max_file_size=a.max_file_size, start_worker=not a.check, check=a.check)
+
+
+def private_upload_dir() -> Path:
+    """A fresh 0700 folder for this process's uploads, removed at exit.
+
+    Gradio stores uploads under ``GRADIO_TEMP_DIR``; pointing it here keeps them away from the
+    shared /tmp/gradio and from other users of the machine.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="karst-uploads-")).resolve()
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def build_demo(runner):
+    """Build the Blocks: header (run picker) above six tabs, each from its panel module."""
+    import gradio as gr
+
+    from components import alignment, compare, header, kernels, predict, setup, texts, watch
+
+    with gr.Blocks(title="KARST Studio") as demo:
+        gr.Markdown(texts.TITLE)
+        head = header.build(runner)
+        with gr.Tabs(selected="setup", elem_id="tabs") as tabs:
+            with gr.Tab("1 · Setup & launch", id="setup", elem_id="tab-setup") as t_setup:
+                setup_panel = setup.build(runner)
+            with gr.Tab("2 · Watch", id="watch", elem_id="tab-watch") as t_watch:
+                watch_panel = watch.build()
+            with gr.Tab("3 · Kernels", id=kernels.TAB_ID, elem_id="tab-kernels") as t_kernels:
+                kernels_panel = kernels.build()
+            with gr.Tab("4 · Distribution alignment", id=alignment.TAB_ID, elem_id="tab-alignment") as t_align:
+                alignment_panel = alignment.build()
+            with gr.Tab("5 · Compare", id="compare", elem_id="tab-compare") as t_compare:
+                compare_panel = compare.build()
+            with gr.Tab("6 · Download & predict", id=predict.TAB_ID, elem_id="tab-predict") as t_predict:
+                predict_panel = predict.build()
+
+        # Remember the visible tab so hidden views skip their work on run changes.
+        for tab, tab_id in ((t_setup, "setup"), (t_watch, "watch"), (t_kernels, kernels.TAB_ID),
+                            (t_align, alignment.TAB_ID), (t_compare, "compare"), (t_predict, predict.TAB_ID)):
+            tab.select(lambda tid=tab_id: tid, None, head.tab, api_visibility="private", queue=False)
+
+        header.bind(head, runner, demo)
+        setup.bind(setup_panel, runner, head, tabs, demo)
+        watch.bind(watch_panel, runner, head)
+        kernels.bind(kernels_panel, runner, head.run, t_kernels, head.tab)
+        alignment.bind(alignment_panel, runner, head.run, t_align, head.tab)
+        compare.bind(compare_panel, runner, t_compare)
+        predict.bind(predict_panel, runner, head.run, t_predict, head.tab)
+    return demo
+
+
+def launch(options: AppOptions, *, prevent_thread_lock: bool = False):
+    """Create the runner and the Blocks, and launch with the safe defaults.
+
+    Returns:
+        (demo, runner, local_url).
+    """
+    upload_dir = private_upload_dir()  # before gradio builds anything: it reads GRADIO_TEMP_DIR
+    import gradio as gr
+
+    from components.runner import Runner
+
+    runs_dir = options.runs_dir.resolve()
+    runner = Runner(runs_dir, upload_dir, start_worker=options.start_worker)
+    demo = build_demo(runner)
+    demo.queue(default_concurrency_limit=2)
+    _, local_url, _ = demo.launch(
+        server_name=options.host,
+        server_port=options.port,
+        auth=options.auth,
+        share=options.share,
+        max_file_size=options.max_file_size,
+        allowed_paths=[str(runs_dir), str(upload_dir)],
+        run_history=False,
+        show_error=False,
+        footer_links=["api", "settings"],
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=prevent_thread_lock,
+        theme=gr.themes.Soft(),
+        css=CSS,
+    )
+    return demo, runner, local_url
+
+
+def check(options: AppOptions) -> int:
+    """Build the app as ``launch`` would, without a server or a worker; 0 if it builds."""
+    from components.runner import Runner
+
+    upload_dir = private_upload_dir()
+    demo = build_demo(Runner(options.runs_dir.resolve(), upload_dir, start_worker=False))
+    names = sorted(d.api_name for d in demo.fns.values() if d.api_name and d.api_visibility == "public")
+    print(f"KARST Studio builds: {len(demo.blocks)} components, public endpoints: {', '.join(names)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = parse_args(argv)
+    if options.check:
+        raise SystemExit(check(options))
+    launch(options)
+
+
+if __name__ == "__main__":
+    main()

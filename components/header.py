@@ -1,0 +1,85 @@
+"""The bar above the tabs: which run every view shows, a Stop button, and the polling timer.
+
+The selected run is shared by Watch, Kernels, Alignment and Download & predict. A fresh page (or a
+refresh, or a second tab) attaches to the active run if there is one, so nothing is lost when a
+browser connection drops: the run lives in the engine's worker, not in this page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import gradio as gr
+
+from .guard import guarded
+from .runner import Runner
+
+__all__ = ["Header", "build", "bind", "POLL_SECONDS"]
+
+# The issue asks for curves that update at least once a second; half a second also trims the
+# delay between the first metric line and its first drawing.
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Header:
+    run: gr.Dropdown
+    refresh: gr.Button
+    stop: gr.Button
+    message: gr.Markdown
+    timer: gr.Timer
+    runs_sig: gr.State
+    tab: gr.State  # id of the selected tab, so hidden views skip work
+
+
+def build(runner: Runner) -> Header:
+    """Lay out the run picker row (no events)."""
+    with gr.Row(equal_height=True):
+        run = gr.Dropdown(label="Run (all views show this run)", choices=[], value=None, scale=6,
+                          elem_id="run-picker", interactive=True)
+        refresh = gr.Button("↻ Refresh list", scale=1, size="sm", elem_id="refresh-runs")
+        stop = gr.Button("■ Stop run", variant="stop", scale=1, size="sm", elem_id="stop-run")
+    message = gr.Markdown(elem_id="header-message")
+    return Header(run=run, refresh=refresh, stop=stop, message=message, timer=gr.Timer(POLL_SECONDS),
+                  runs_sig=gr.State(()), tab=gr.State("setup"))
+
+
+def attach(runner: Runner) -> tuple:
+    """On page load: list the runs and select the one to re-attach to."""
+    choices = runner.run_choices()
+    return gr.Dropdown(choices=choices, value=runner.default_run()), runner.runs_signature()
+
+
+def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
+    """Timer tick: refresh the run list only when a run appeared or changed state."""
+    new_sig = runner.runs_signature()
+    if new_sig == tuple(tuple(x) if isinstance(x, list) else x for x in (sig or ())):
+        return gr.skip(), gr.skip()
+    choices = runner.run_choices()
+    ids = {value for _, value in choices}
+    value = run_id if run_id in ids else runner.default_run()
+    return gr.Dropdown(choices=choices, value=value), new_sig
+
+
+def refresh_runs(runner: Runner, run_id: str | None) -> tuple:
+    choices = runner.run_choices()
+    ids = {value for _, value in choices}
+    return gr.Dropdown(choices=choices, value=run_id if run_id in ids else runner.default_run()), \
+        runner.runs_signature()
+
+
+def stop_run(runner: Runner, run_id: str | None) -> str:
+    message = runner.stop(run_id)
+    gr.Info(message)
+    return message
+
+
+def bind(h: Header, runner: Runner, demo: gr.Blocks) -> None:
+    """Wire the header's events."""
+    demo.load(guarded(partial(attach, runner)), outputs=[h.run, h.runs_sig], api_name="attach")
+    h.timer.tick(guarded(partial(poll_runs, runner)), inputs=[h.run, h.runs_sig], outputs=[h.run, h.runs_sig],
+                 show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],
+                    api_name="list_runs")
+    h.stop.click(guarded(partial(stop_run, runner)), inputs=[h.run], outputs=[h.message], api_name="stop")

@@ -1,0 +1,142 @@
+"""Setup & launch: pick backbone, data, method and settings; see whether they fit; queue a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import gradio as gr
+
+from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET
+
+from . import texts
+from .guard import guarded
+from .header import Header
+from .runner import Runner, SetupForm
+
+__all__ = ["SetupPanel", "build", "bind"]
+
+_METHODS = [("KARST (Kronecker + re-scaling)", "karst"), ("LoRA", "lora"), ("LoKr", "lokr"),
+            ("Full fine-tune", "full"), ("Linear probe", "probe")]
+_DATASET_SOURCES = [("Embedded task", "embedded"), ("Folder on the server", "folder"),
+                    ("VTAB-1K folder", "vtab"), ("Zip upload", "zip"), ("torchvision", "torchvision")]
+_BACKBONE_SOURCES = [("Embedded / timm hub", "catalogue"), ("Local weights file", "file")]
+
+
+@dataclass
+class SetupPanel:
+    form: dict[str, gr.components.Component]  # keyed by SetupForm field name
+    check: gr.Markdown
+    method_note: gr.Markdown
+    launch: gr.Button
+
+    def inputs(self) -> list[gr.components.Component]:
+        """Form components in SetupForm field order (Gradio passes values positionally)."""
+        return [self.form[name] for name in SetupForm.field_names()]
+
+
+def build(runner: Runner) -> SetupPanel:
+    """Lay out the Setup tab (no events)."""
+    d = SetupForm()
+    f: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Group():
+                gr.Markdown("**Backbone**")
+                f["backbone_source"] = gr.Radio(_BACKBONE_SOURCES, value=d.backbone_source, show_label=False,
+                                                elem_id="backbone-source")
+                f["backbone"] = gr.Dropdown(runner.backbone_choices(), value=DEFAULT_BACKBONE, label="Backbone",
+                                            allow_custom_value=True, elem_id="backbone",
+                                            info="Embedded model works offline; timm hub names need a network.")
+                f["weights_path"] = gr.Textbox(label="Weights file on the server (.safetensors / .pth)",
+                                               visible=False, elem_id="weights-path")
+                f["weights_arch"] = gr.Textbox(label="timm architecture of that file", visible=False,
+                                               placeholder="vit_base_patch16_224", elem_id="weights-arch")
+            with gr.Group():
+                gr.Markdown("**Data**")
+                f["dataset_source"] = gr.Radio(_DATASET_SOURCES, value=d.dataset_source, show_label=False,
+                                               elem_id="dataset-source")
+                f["dataset"] = gr.Dropdown(runner.dataset_choices(), value=DEFAULT_DATASET, label="Embedded task",
+                                           elem_id="dataset")
+                f["dataset_path"] = gr.Textbox(label="Folder on the server", visible=False, elem_id="dataset-path",
+                                               placeholder="/data/my_images (one sub-folder per class)")
+                f["dataset_zip"] = gr.File(label="Zip with one sub-folder per class", file_types=[".zip"],
+                                           type="filepath", visible=False, elem_id="dataset-zip")
+                f["torchvision_name"] = gr.Textbox(label="torchvision dataset", visible=False,
+                                                   placeholder="CIFAR10", elem_id="torchvision-name")
+            with gr.Group():
+                f["method"] = gr.Radio(_METHODS, value=d.method, label="Method", elem_id="method")
+                method_note = gr.Markdown(texts.METHOD_NOTES[d.method], latex_delimiters=texts.LATEX_DELIMITERS)
+                with gr.Row():
+                    f["n_kernels"] = gr.Number(d.n_kernels, label="N kernels", precision=0, minimum=1,
+                                               elem_id="n-kernels")
+                    f["stack_dim"] = gr.Number(d.stack_dim, label="m (C is m×m)", precision=0, minimum=1,
+                                               elem_id="stack-dim")
+                    f["rank"] = gr.Number(d.rank, label="r (rank)", precision=0, minimum=1, elem_id="rank")
+                    f["rescale"] = gr.Radio(["channel", "scalar", "none"], value=d.rescale, label="Re-scaling",
+                                            elem_id="rescale")
+            with gr.Row():
+                f["lr"] = gr.Number(d.lr, label="Learning rate", elem_id="lr")
+                f["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
+                f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1,
+                                            elem_id="batch-size")
+                f["seed"] = gr.Number(d.seed, label="Seed", precision=0, minimum=0, elem_id="seed")
+                f["device"] = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value=d.device, label="Device",
+                                          elem_id="device")
+            with gr.Accordion("More", open=False):
+                f["max_train_samples"] = gr.Number(None, label="Use at most this many training images (empty = all)",
+                                                   precision=0, minimum=1, elem_id="max-train-samples")
+            check = gr.Markdown("Checking settings…", elem_id="settings-check")
+            launch = gr.Button("▶ Launch", variant="primary", elem_id="launch")
+        with gr.Column(scale=2):
+            gr.Markdown(texts.SETUP, latex_delimiters=texts.LATEX_DELIMITERS)
+    return SetupPanel(form=f, check=check, method_note=method_note, launch=launch)
+
+
+# ---------------------------------------------------------------------------- handlers
+def check_settings(runner: Runner, *values: Any) -> str:
+    return runner.check(SetupForm(*values)).markdown
+
+
+def show_backbone_fields(source: str) -> tuple:
+    local = source == "file"
+    return gr.update(visible=not local), gr.update(visible=local), gr.update(visible=local)
+
+
+def show_dataset_fields(source: str) -> tuple:
+    return (gr.update(visible=source == "embedded"), gr.update(visible=source in ("folder", "vtab")),
+            gr.update(visible=source == "zip"), gr.update(visible=source == "torchvision"))
+
+
+def show_method_fields(method: str) -> tuple:
+    kron = method == "karst"
+    ranked = method in ("karst", "lora", "lokr")
+    return (texts.METHOD_NOTES[method], gr.update(visible=kron), gr.update(visible=kron),
+            gr.update(visible=ranked), gr.update(visible=kron))
+
+
+def launch_run(runner: Runner, *values: Any) -> tuple:
+    run_id = runner.launch(SetupForm(*values))
+    gr.Info(f"Queued {run_id}.")
+    return (gr.Dropdown(choices=runner.run_choices(), value=run_id), runner.runs_signature(),
+            gr.Tabs(selected="watch"), "watch")
+
+
+def bind(p: SetupPanel, runner: Runner, header: Header, tabs: gr.Tabs, demo: gr.Blocks) -> None:
+    """Wire the Setup tab's events."""
+    f = p.form
+    f["backbone_source"].change(show_backbone_fields, f["backbone_source"],
+                                [f["backbone"], f["weights_path"], f["weights_arch"]], api_visibility="private")
+    f["dataset_source"].change(show_dataset_fields, f["dataset_source"],
+                               [f["dataset"], f["dataset_path"], f["dataset_zip"], f["torchvision_name"]],
+                               api_visibility="private")
+    f["method"].change(show_method_fields, f["method"],
+                       [p.method_note, f["n_kernels"], f["stack_dim"], f["rank"], f["rescale"]],
+                       api_visibility="private")
+    # Live validation: any edit re-checks; "always_last" drops stale checks while the user types.
+    gr.on([c.change for c in p.inputs()] + [demo.load], guarded(partial(check_settings, runner)),
+          inputs=p.inputs(), outputs=p.check, trigger_mode="always_last", show_progress="hidden",
+          api_name="check_settings")
+    p.launch.click(guarded(partial(launch_run, runner)), inputs=p.inputs(),
+                   outputs=[header.run, header.runs_sig, tabs, header.tab], api_name="launch")

@@ -1,0 +1,90 @@
+"""Watch: live curves, progress with ETA, status and queue position of the selected run.
+
+The panel only reads the run folder. A timer re-reads it; when neither the status nor the
+metrics file changed since the last tick, the tick sends nothing to the browser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import gradio as gr
+
+from . import fmt, plots, texts
+from .guard import guarded, user_message
+from .header import Header
+from .runner import Runner
+
+__all__ = ["WatchPanel", "build", "bind", "render"]
+
+
+@dataclass
+class WatchPanel:
+    progress: gr.HTML
+    status: gr.Markdown
+    curves: gr.Plot
+    details: gr.JSON
+    sig: gr.State
+
+
+def build() -> WatchPanel:
+    """Lay out the Watch tab (no events)."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            progress = gr.HTML(fmt.progress_html(None), elem_id="progress")
+            status = gr.Markdown("Pick or launch a run.", elem_id="watch-status")
+            curves = gr.Plot(plots.empty_figure("No run selected."), label="Training curves", elem_id="curves")
+            with gr.Accordion("Run details (status, summary, settings)", open=False):
+                details = gr.JSON(elem_id="run-details")
+        with gr.Column(scale=1):
+            gr.Markdown(texts.WATCH, latex_delimiters=texts.LATEX_DELIMITERS)
+    return WatchPanel(progress=progress, status=status, curves=curves, details=details, sig=gr.State(()))
+
+
+def render(runner: Runner, run_id: str | None) -> tuple[str, str, Any, dict]:
+    """Everything the panel shows for ``run_id``: progress, status line, curves and details."""
+    if not run_id:
+        return fmt.progress_html(None), "Pick or launch a run.", plots.empty_figure("No run selected."), {}
+    v = runner.view(run_id)
+    status_md = fmt.status_line(run_id, v.status)
+    if v.test:
+        status_md += f"  \nTest accuracy **{fmt.percent(v.test.get('test_acc'))}**."
+    if v.epochs:
+        status_md += f"  \nLast validation accuracy **{fmt.percent(v.epochs[-1].get('val_acc'))}**."
+    if v.steps:
+        fig = plots.training_curves(v.steps, v.epochs, v.status.get("total_steps"))
+    else:
+        waiting = v.status.get("status") in ("queued", "running")
+        fig = plots.empty_figure("Waiting for the first training step…" if waiting
+                                 else "This run recorded no training steps.")
+    details = {"run_id": run_id, "status": v.status, "queue_position": v.queue_position,
+               "steps_recorded": len(v.steps), "epochs_recorded": len(v.epochs),
+               "last_step": v.steps[-1] if v.steps else None, "test": v.test, "config": v.config}
+    return fmt.progress_html(v.status, v.queue_position), status_md, fig, details
+
+
+def poll(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
+    """Timer tick: redraw only when the run's files changed since this page last drew them."""
+    new_sig = runner.run_signature(run_id)
+    if new_sig == sig:
+        return (gr.skip(),) * 5
+    try:
+        return (*render(runner, run_id), new_sig)
+    except Exception as err:  # a tick must never raise: it would toast every half second
+        return gr.skip(), f"⚠️ {user_message(err)}", gr.skip(), gr.skip(), new_sig
+
+
+def show(runner: Runner, run_id: str | None) -> tuple:
+    """Explicit refresh (run picked, or API call): always redraws."""
+    return (*render(runner, run_id), runner.run_signature(run_id))
+
+
+def bind(p: WatchPanel, runner: Runner, header: Header) -> None:
+    """Wire the Watch tab's events."""
+    outputs = [p.progress, p.status, p.curves, p.details, p.sig]
+    header.run.change(guarded(partial(show, runner)), inputs=header.run, outputs=outputs, api_name="watch",
+                      show_progress="hidden")
+    header.timer.tick(partial(poll, runner), inputs=[header.run, p.sig], outputs=outputs,
+                      show_progress="hidden", concurrency_limit=None, api_visibility="private")

@@ -1,0 +1,206 @@
+"""Pure helpers of the app: figure builders, formatting, form validation, launch flags.
+
+No server here (see test_app_e2e.py / test_app_browser.py); these check behaviour on made-up data.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+from app import parse_args, parse_auth
+from components import fmt, plots
+from components.runner import SetupForm, backbone_spec, dataset_spec, open_image
+from karst.errors import ConfigError, DataError, KarstError
+
+
+# ---------------------------------------------------------------------------- plots
+@pytest.mark.parametrize("shape,max_side,factor", [((8, 8), 160, 1), ((768, 3072), 160, 20), ((161, 5), 160, 2)])
+def test_downsample_bounds_size_and_reports_factor(shape, max_side, factor):
+    a = np.random.default_rng(0).normal(size=shape)
+    small, f = plots.downsample(a, max_side)
+    assert f == factor
+    assert max(small.shape) <= max_side
+    assert small.shape == (-(-shape[0] // f), -(-shape[1] // f))
+
+
+def test_downsample_averages_blocks_and_keeps_kronecker_structure():
+    c = np.array([[1.0, -1.0], [0.5, 0.0]])
+    kron = np.kron(c, np.ones((100, 100)))  # 200×200, four constant blocks
+    small, f = plots.downsample(kron, 50)
+    assert f == 4
+    np.testing.assert_allclose(small, np.kron(c, np.ones((25, 25))))
+
+
+def test_downsample_ragged_edge_uses_only_real_cells():
+    small, f = plots.downsample(np.ones((5, 3)), 2)
+    assert f == 3 and np.all(small == 1.0)  # NaN padding must not leak into the mean
+
+
+def test_thin_keeps_endpoints_and_limit():
+    xs = list(range(10_000))
+    tx, ty = plots.thin(xs, xs, 100)
+    assert len(tx) <= 100 and tx[0] == 0 and tx[-1] == 9_999 and tx == ty
+
+
+def test_heatmap_title_says_when_downsampled():
+    big = plots.heatmap(np.ones((768, 3072)), "ΔW")
+    assert "averaged" in big.layout.title.text and "768×3072" in big.layout.title.text
+    small = plots.heatmap(np.ones((8, 8)), "C_i")
+    assert "averaged" not in small.layout.title.text
+    assert np.asarray(big.data[0].z).shape[1] <= plots.MAX_HEATMAP_SIDE
+
+
+def test_training_curves_has_loss_acc_lr():
+    steps = [{"step": i, "epoch": i / 10, "loss": 2.0 / (i + 1), "lr": 1e-3} for i in range(30)]
+    epochs = [{"epoch": e, "train_acc": 0.5, "val_acc": 0.4 + 0.1 * e} for e in range(1, 4)]
+    fig = plots.training_curves(steps, epochs, total_steps=100)
+    names = [t.name for t in fig.data]
+    assert {"loss", "val acc", "train acc", "lr"} <= set(names)
+    np.testing.assert_allclose(fig.data[names.index("val acc")].y, [0.5, 0.6, 0.7])
+
+
+def test_accuracy_vs_params_is_log_x_and_skips_runs_without_numbers():
+    pts = [{"label": "a", "method": "karst", "params": 1000, "acc": 0.8},
+           {"label": "b", "method": "lora", "params": 5000, "acc": 0.7},
+           {"label": "c", "method": "lora", "params": None, "acc": None}]
+    fig = plots.accuracy_vs_params(pts)
+    assert fig.layout.xaxis.type == "log"
+    assert sum(len(t.x) for t in fig.data) == 2
+
+
+@pytest.mark.parametrize("builder,args", [
+    (plots.compare_curves, ({},)),
+    (plots.accuracy_vs_params, ([],)),
+    (plots.alignment_stats, ({},)),
+    (plots.alignment_gap, ([], {})),
+    (plots.rescale_values, (None, None)),
+    (plots.topk_bars, ([], [])),
+])
+def test_builders_show_a_message_when_there_is_nothing_to_draw(builder, args):
+    fig = builder(*args)
+    assert isinstance(fig, go.Figure) and fig.layout.annotations
+
+
+def test_topk_bars_most_probable_on_top():
+    fig = plots.topk_bars(["cat", "dog"], [0.9, 0.1])
+    assert list(fig.data[0].y) == ["dog", "cat"]  # plotly draws the last bar on top
+
+
+def test_spectrum_log_scale_with_lora_reference():
+    fig = plots.spectrum(np.linspace(1, 0.1, 32), np.linspace(1, 0.5, 4), "karst", "lora")
+    assert fig.layout.yaxis.type == "log" and len(fig.data) == 2
+
+
+# ---------------------------------------------------------------------------- formatting
+@pytest.mark.parametrize("n,text", [(None, "–"), (999, "999"), (9_999, "9,999"), (12_345, "12.3 k"),
+                                    (5_700_000, "5.7 M")])
+def test_count(n, text):
+    assert fmt.count(n) == text
+
+
+@pytest.mark.parametrize("s,text", [(None, "–"), (5, "0:05"), (65.4, "1:05"), (3725, "1:02:05"), (-1, "–")])
+def test_duration(s, text):
+    assert fmt.duration(s) == text
+
+
+def test_progress_html_shows_fraction_eta_and_queue_place():
+    running = fmt.progress_html({"status": "running", "step": 25, "total_steps": 100, "epoch": 1, "epochs": 4,
+                                 "eta_s": 30})
+    assert "width:25.0%" in running and "ETA 0:30" in running and "step 25/100" in running
+    queued = fmt.progress_html({"status": "queued", "step": 0, "total_steps": 0}, queue_position=2)
+    assert "place 2 in the queue" in queued
+    assert "width:100.0%" in fmt.progress_html({"status": "completed", "step": 3, "total_steps": 9})
+
+
+def test_progress_html_escapes_text():
+    out = fmt.progress_html({"status": "<script>", "step": 0, "total_steps": 0})
+    assert "<script>" not in out and "&lt;script&gt;" in out
+
+
+# ---------------------------------------------------------------------------- form validation
+def test_default_form_is_the_embedded_default():
+    cfg = SetupForm().to_train_config()
+    assert (cfg.backbone, cfg.dataset, cfg.method) == ("karst-vit-micro", "synth-objects", "karst")
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"n_kernels": 2.5}, "whole number"),
+    ({"stack_dim": None}, "empty"),
+    ({"lr": "fast"}, "number"),
+    ({"epochs": 0}, "epochs"),
+    ({"backbone": "  "}, "backbone is empty"),
+])
+def test_form_errors_are_one_line_karst_errors(changes, fragment):
+    form = SetupForm(**changes)
+    with pytest.raises(KarstError) as e:
+        form.to_train_config()
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numbers_from_gradio_floats_are_accepted():
+    cfg = SetupForm(n_kernels=4.0, stack_dim=4.0, rank=2.0, epochs=3.0, max_train_samples=64.0).to_train_config()
+    assert (cfg.n_kernels, cfg.stack_dim, cfg.rank, cfg.max_train_samples) == (4, 4, 2, 64)
+    assert isinstance(cfg.n_kernels, int)
+
+
+def test_dataset_spec_per_source(tmp_path):
+    assert dataset_spec("embedded", "synth-count", "", None, "") == "synth-count"
+    assert dataset_spec("folder", "", str(tmp_path), None, "") == str(tmp_path)
+    assert dataset_spec("zip", "", "", "/up/x.zip", "") == "/up/x.zip"
+    assert dataset_spec("torchvision", "", "", None, "CIFAR10") == "torchvision:CIFAR10"
+    assert dataset_spec("torchvision", "", "", None, "torchvision:CIFAR10") == "torchvision:CIFAR10"
+    with pytest.raises(DataError):
+        dataset_spec("folder", "", str(tmp_path / "missing"), None, "")
+    with pytest.raises(ConfigError):
+        dataset_spec("zip", "", "", None, "")
+
+
+def test_backbone_spec_local_file(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    assert backbone_spec("file", "", str(f), "vit_tiny_patch16_224") == (str(f), "vit_tiny_patch16_224")
+    assert backbone_spec("catalogue", " karst-vit-micro ", "", "") == ("karst-vit-micro", None)
+    with pytest.raises(ConfigError):
+        backbone_spec("file", "", str(tmp_path / "nope.pth"), "")
+
+
+def test_open_image_accepts_paths_arrays_and_drawings(tmp_path):
+    p = tmp_path / "a.png"
+    Image.new("RGB", (10, 12), "red").save(p)
+    assert open_image(str(p)).size == (10, 12)
+    rgba = np.zeros((6, 6, 4), np.uint8)  # a transparent drawing becomes white, not black
+    assert open_image({"composite": rgba}).getpixel((0, 0)) == (255, 255, 255)
+    assert open_image(np.zeros((4, 4, 3), np.uint8)).mode == "RGB"
+
+
+def test_open_image_rejects_non_images_with_a_message(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match="not an image"):
+        open_image(str(bad))
+    with pytest.raises(DataError, match="no image"):
+        open_image(None)
+
+
+# ---------------------------------------------------------------------------- launch flags
+def test_safe_defaults():
+    o = parse_args([])
+    assert o.host == "127.0.0.1" and o.share is False and o.auth is None and o.max_file_size
+
+
+def test_flags(tmp_path):
+    o = parse_args(["--host", "0.0.0.0", "--port", "7999", "--runs-dir", str(tmp_path), "--auth", "ann:p:w",
+                    "--share"])
+    assert (o.host, o.port, o.runs_dir, o.auth, o.share) == ("0.0.0.0", 7999, Path(tmp_path), ("ann", "p:w"), True)
+
+
+@pytest.mark.parametrize("bad", ["nopassword", ":pw", "user:"])
+def test_parse_auth_rejects_incomplete(bad):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_auth(bad)
