@@ -1,0 +1,257 @@
+"""Export a run to a plain timm model, load it back, and predict.
+
+A run exports to ``merged.safetensors`` (the adapter folded into the weights: a plain timm
+state_dict), ``merged.json`` (how to rebuild the architecture and preprocess images) and
+``adapter.safetensors`` (only the trained tensors, small). The merged file loads without this
+package — only timm and safetensors::
+
+    import json, timm, torch
+    from safetensors.torch import load_file
+
+    meta = json.load(open("merged.json"))
+    model = timm.create_model(meta["arch"]["model_name"], pretrained=False,
+                              num_classes=meta["num_classes"], **meta["arch"]["kwargs"])
+    model.load_state_dict(load_file("merged.safetensors"), strict=True)
+    transform = timm.data.create_transform(**meta["preprocessing"])
+    probs = model.eval()(transform(image.convert("RGB"))[None]).softmax(-1)
+    # class names: meta["class_names"]
+
+``merged.json`` is also stored in the safetensors header (key ``karst_export``), so a merged file
+that travelled alone (an upload) still carries its configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError, RunError
+from .runs import RunStore, atomic_write_json, read_json
+
+__all__ = ["EXPORT_FORMAT", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict"]
+
+EXPORT_FORMAT = "karst-merged/1"
+_PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
+    out = {k: data_config[k] for k in _PREPROCESS_KEYS if k in data_config}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def export_meta(backbone: Any, class_names: Sequence[str], method: str, run_id: str | None) -> dict[str, Any]:
+    """The ``merged.json`` content for a model built on ``backbone``."""
+    return {
+        "format": EXPORT_FORMAT,
+        "arch": {"model_name": backbone.arch["model_name"], "kwargs": dict(backbone.arch.get("kwargs", {}))},
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "preprocessing": _preprocessing(backbone.data_config),
+        "backbone": backbone.name,
+        "method": method,
+        "run_id": run_id,
+    }
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def write_merged(model: nn.Module, meta: dict[str, Any], path: str | Path) -> dict[str, str]:
+    """Write ``model.state_dict()`` to ``path`` (.safetensors) and ``meta`` next to it (.json)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"export file {path} must end in .safetensors; try {path.with_suffix('.safetensors')}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"cannot export: {bad[0]} contains NaN or Inf (the run diverged); retrain with a lower lr.")
+    _save(state, path, {"karst_export": json.dumps(meta)})
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return {"merged": str(path), "merged_json": str(path.with_suffix(".json"))}
+
+
+def _adapter_metadata(method: str, class_names: Sequence[str], config: dict | None) -> dict[str, str]:
+    meta = {"method": method, "class_names": json.dumps(list(class_names))}
+    if config is not None:
+        meta["train_config"] = json.dumps(config)
+    return meta
+
+
+def export_result(run_dir: str | Path, result: Any, *, merged: bool = True, run_id: str | None = None) -> dict[str, str]:
+    """Write ``adapter.safetensors`` (and the merged pair) for a just-finished ``TrainResult``."""
+    run_dir = Path(run_dir)
+    method = result.method
+    config = read_json(run_dir / "config.json")
+    files = {"adapter": str(run_dir / "adapter.safetensors")}
+    _save(method.adapter_state_dict(), run_dir / "adapter.safetensors",
+          _adapter_metadata(method.name, result.class_names, config))
+    if merged:
+        meta = export_meta(result.backbone, result.class_names, method.name, run_id)
+        files.update(write_merged(method.merged_model(), meta, run_dir / "merged.safetensors"))
+    return files
+
+
+def _run_dir(run: str | Path, runs_dir: str | Path | None) -> Path:
+    p = Path(run)
+    if p.is_dir() and (p / "config.json").is_file():
+        return p
+    return RunStore(runs_dir).path(str(run))
+
+
+def load_run(run: str | Path, runs_dir: str | Path | None = None, device: str = "cpu") -> tuple[Any, Any, list[str]]:
+    """Rebuild a run's adapted model from its newest weights (final adapter or last snapshot).
+
+    Works for interrupted and cancelled runs too. Needs the backbone's pre-trained weights (the
+    adapter alone is only the difference).
+
+    Returns:
+        (method, backbone, class_names); ``method.model`` is in eval mode on ``device``.
+    """
+    from safetensors import safe_open
+
+    from .backbones import load_backbone
+    from .config import TrainConfig
+    from .methods import build_method
+
+    run_dir = _run_dir(run, runs_dir)
+    store = RunStore(run_dir.parent)
+    checkpoint = store.last_checkpoint(run_dir.name)
+    if checkpoint is None:
+        raise RunError(f"run {run_dir.name} has no saved weights yet (not even the epoch-0 snapshot).")
+    config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    with safe_open(str(checkpoint), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "class_names" not in metadata:
+        raise RunError(f"{checkpoint} does not record its class names; it was not written by karst.")
+    class_names = json.loads(metadata["class_names"])
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(config.backbone, num_classes=1, arch=config.backbone_arch)
+    backbone.model.reset_classifier(len(class_names))
+    method = build_method(backbone.model, config.method_config())
+    params = dict(method.model.named_parameters())
+    method.load_adapter_state_dict({k: v.to(params[k].dtype) if k in params else v for k, v in state.items()})
+    method.model.to(device).eval()
+    return method, backbone, class_names
+
+
+def export_run(run: str | Path, out: str | Path | None = None, runs_dir: str | Path | None = None) -> dict[str, str]:
+    """Export a run (any state with saved weights) to a merged model.
+
+    Args:
+        run: run id (looked up in ``runs_dir``) or run folder.
+        out: the merged ``.safetensors`` file; default ``<run>/merged.safetensors``. The JSON
+            config is written next to it with the same stem.
+    """
+    run_dir = _run_dir(run, runs_dir)
+    method, backbone, class_names = load_run(run_dir)
+    out = Path(out) if out is not None else run_dir / "merged.safetensors"
+    meta = export_meta(backbone, class_names, method.name, run_dir.name)
+    return write_merged(method.merged_model(), meta, out)
+
+
+def load_merged(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported merged model with timm only; returns (model in eval mode, meta)."""
+    import timm
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"model file {path} does not exist; give a run id, run folder or merged.safetensors.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get("karst_export")
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{path.name} is not a readable safetensors file ({e}); export a run with `karst export`.") from None
+    sidecar = path.with_suffix(".json")
+    meta = read_json(sidecar) if sidecar.is_file() else (json.loads(header) if header else None)
+    if not meta or meta.get("format") != EXPORT_FORMAT:
+        raise RunError(f"{path.name} has no karst export config (merged.json); export it with `karst export RUN`.")
+    arch = meta["arch"]
+    model = timm.create_model(arch["model_name"], pretrained=False, num_classes=meta["num_classes"], **arch["kwargs"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RunError(f"{path.name} does not match {arch['model_name']}: {str(e).splitlines()[0]}") from None
+    return model.eval(), meta
+
+
+class Predictor:
+    """Images → top-k (class, probability), from a run or an exported merged file.
+
+    Args:
+        model: a classifier returning logits.
+        transform: PIL image → tensor.
+        class_names: names in logit order.
+        device: where to run.
+    """
+
+    def __init__(self, model: nn.Module, transform: Any, class_names: Sequence[str], device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.transform = transform
+        self.class_names = list(class_names)
+        self.device = device
+
+    @classmethod
+    def from_source(cls, source: str | Path, runs_dir: str | Path | None = None, device: str = "cpu") -> Predictor:
+        """A run id, a run folder, or a merged ``.safetensors`` file."""
+        import timm.data
+
+        p = Path(source)
+        if p.suffix == ".safetensors":
+            model, meta = load_merged(p)
+            return cls(model, timm.data.create_transform(**meta["preprocessing"]), meta["class_names"], device)
+        run_dir = _run_dir(source, runs_dir)
+        if (run_dir / "merged.safetensors").is_file():
+            return cls.from_source(run_dir / "merged.safetensors", device=device)
+        method, backbone, class_names = load_run(run_dir, device=device)
+        return cls(method.model, backbone.transform(), class_names, device)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k per image. ``images``: PIL images or paths to image files."""
+        from PIL import Image, UnidentifiedImageError
+
+        if top_k < 1:
+            raise ConfigError(f"top_k={top_k} must be at least 1.")
+        batch = []
+        for img in images:
+            if not isinstance(img, Image.Image):
+                try:
+                    with Image.open(img) as opened:
+                        img = opened.convert("RGB")
+                except (OSError, UnidentifiedImageError):
+                    raise ConfigError(f"{img} is not a readable image file; use a PNG or JPEG.") from None
+            batch.append(self.transform(img.convert("RGB")))
+        if not batch:
+            return []
+        probs = self.model(torch.stack(batch).to(self.device)).float().softmax(-1)
+        k = min(top_k, probs.shape[-1])
+        values, indices = probs.topk(k, dim=-1)
+        return [
+            [(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
+            for vs, ix in zip(values, indices)
+        ]
+
+
+def predict(
+    source: str | Path, images: Sequence[Any], top_k: int = 5, runs_dir: str | Path | None = None
+) -> list[list[tuple[str, float]]]:
+    """One-shot :meth:`Predictor.predict` (build the predictor once yourself for many calls)."""
+    return Predictor.from_source(source, runs_dir).predict(images, top_k)

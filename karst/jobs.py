@@ -1,0 +1,305 @@
+"""The job queue: a worker process that outlives any UI session, one job per device at a time.
+
+The app (or anyone) submits runs with :class:`JobManager`; they land in the runs directory as
+``queued`` folders. A long-lived worker (``python -m karst worker --runs-dir D``, started by
+``JobManager.ensure_worker``) keeps torch imported, picks queued runs in launch order and trains
+them. Everything goes through the run folders and file locks, so any number of processes (app
+instances, ``karst train`` in a terminal, the worker) can share one runs directory:
+
+- ``<runs>/.worker.lock``: held by the one live worker of this runs directory.
+- ``<runs>/.locks/device-<key>.lock``: held by whoever trains on that device (worker or a
+  foreground ``karst train``), so jobs on one device never overlap. ``$KARST_LOCK_DIR`` moves
+  these locks elsewhere (e.g. a machine-wide folder shared by several runs directories).
+- ``<run>/.lock``: held by the process working on that run (see ``karst.runs``). A worker killed
+  mid-run releases it, and readers then show the run as ``interrupted``.
+
+A worker runs one job at a time: runs start in order even when they ask for different devices.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .errors import KarstError
+from .runs import FileLock, RunStore, atomic_write_json, read_json
+
+__all__ = ["JobManager", "run_worker", "execute_run", "run_foreground", "device_lock"]
+
+_POLL_S = 0.2
+
+
+def _lock_dir(root: Path) -> Path:
+    folder = Path(os.environ.get("KARST_LOCK_DIR") or root / ".locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def device_lock(root: str | Path, key: str) -> FileLock:
+    """The lock that serialises jobs on one device (``key`` from ``karst.device.device_key``)."""
+    return FileLock(_lock_dir(Path(root)) / f"device-{key}.lock")
+
+
+def _finish_unstarted(store: RunStore, run_id: str, status: str, message: str) -> dict[str, Any]:
+    now = time.time()
+    summary = {"run_id": run_id, "status": status, "message": message, "seconds": 0.0, "epochs_done": 0}
+    atomic_write_json(store.path(run_id) / "summary.json", summary)
+    store.write_status(run_id, status=status, message=message, finished_at=now, eta_s=None)
+    return summary
+
+
+def execute_run(
+    store: RunStore,
+    run_id: str,
+    run_lock: FileLock,
+    callbacks: Iterable[Any] = (),
+    stop_flag: Any = None,
+) -> dict[str, Any]:
+    """Train a claimed run: wait for its device, train, record; always releases ``run_lock``.
+
+    Args:
+        store: the runs directory.
+        run_id: a run this process has claimed (``run_lock`` held).
+        callbacks: extra trainer callbacks (the CLI's progress bar).
+        stop_flag: optional zero-argument callable; True cancels (a worker asked to stop).
+
+    Returns:
+        The run summary. A ``KarstError`` (bad settings/data) is recorded as ``failed``, not raised.
+    """
+    from .device import device_key, resolve_device
+    from .train import train
+
+    run_dir = store.path(run_id)
+    stop_flag = stop_flag or (lambda: False)
+
+    def cancelled() -> bool:
+        return (run_dir / "cancel").exists() or stop_flag()
+
+    dev_lock = None
+    try:
+        config = store.read_config(run_id)
+        try:
+            device = resolve_device(config.device)
+        except KarstError as e:
+            return _finish_unstarted(store, run_id, "failed", str(e))
+        dev_lock = device_lock(store.root, device_key(device))
+        waiting = False
+        while not dev_lock.acquire():
+            if cancelled():
+                return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
+            if not waiting:
+                store.write_status(run_id, pid=os.getpid(), message=f"waiting for {device} (another job is using it)")
+                waiting = True
+            time.sleep(_POLL_S)
+        if cancelled():
+            return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
+        try:
+            return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled)
+        except KarstError:
+            pass  # recorded as failed by the run recorder; the message is in status/summary
+        except Exception:
+            # A bug: keep the traceback next to the run, keep the worker alive.
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        return read_json(run_dir / "summary.json") or {"run_id": run_id, "status": "failed"}
+    finally:
+        if dev_lock is not None:
+            dev_lock.release()
+        run_lock.release()
+
+
+def run_foreground(
+    config: TrainConfig, runs_dir: str | Path | None = None, callbacks: Iterable[Any] = ()
+) -> dict[str, Any]:
+    """Create a run owned by this process and train it here (``karst train``).
+
+    It waits for the device like any job. Ctrl-C cancels it (status ``cancelled``).
+    """
+    store = RunStore(runs_dir)
+    run_id, lock = store.create_claimed(config)
+    try:
+        return execute_run(store, run_id, lock, callbacks)
+    except KeyboardInterrupt:  # only while waiting for the device; train() handles its own
+        lock.release()
+        return _finish_unstarted(store, run_id, "cancelled", "interrupted by the user before it started")
+
+
+def run_worker(runs_dir: str | Path, poll_s: float = _POLL_S, idle_exit_s: float | None = None) -> int:
+    """The worker loop: train queued runs in launch order until stopped (SIGTERM/SIGINT).
+
+    Args:
+        runs_dir: the runs directory to serve.
+        poll_s: seconds between scans of the queue.
+        idle_exit_s: exit after this long with nothing queued (None: run until stopped).
+
+    Returns:
+        0, or 1 if another worker already serves ``runs_dir``.
+    """
+    store = RunStore(runs_dir)
+    store.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(store.root / ".worker.lock")
+    if not lock.acquire():
+        print(f"a worker already serves {store.root}", file=sys.stderr)
+        return 1
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Cancel the current run cleanly (status cancelled, weights kept), then leave the loop.
+        nonlocal stopping
+        stopping = True
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    atomic_write_json(store.root / ".worker.json", {"pid": os.getpid(), "started_at": time.time()})
+    # Import the heavy machinery now, so a submitted run starts training within a second or two.
+    from . import backbones, data, methods, train  # noqa: F401
+
+    print(f"karst worker {os.getpid()} serving {store.root.resolve()}", file=sys.stderr, flush=True)
+    idle_since = time.monotonic()
+    try:
+        while not stopping:
+            run_id = _claim_next(store)
+            if run_id is None:
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+                time.sleep(poll_s)
+                continue
+            run_id, run_lock = run_id
+            print(f"starting {run_id}", file=sys.stderr, flush=True)
+            summary = execute_run(store, run_id, run_lock, stop_flag=lambda: stopping)
+            print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
+            idle_since = time.monotonic()
+    finally:
+        lock.release()
+    return 0
+
+
+def _claim_next(store: RunStore) -> tuple[str, FileLock] | None:
+    for run_id in store.queued():
+        status = read_json(store.root / run_id / "status.json")
+        if not status or status["status"] != "queued" or status.get("pid"):
+            continue  # owned by a foreground `karst train`
+        run_lock = store.claim(run_id)
+        if run_lock is None:
+            continue
+        # Re-read under the lock: it may have been cancelled or taken meanwhile.
+        status = read_json(store.root / run_id / "status.json")
+        if status and status["status"] == "queued" and not status.get("pid"):
+            store.write_status(run_id, pid=os.getpid(), message="starting")
+            return run_id, run_lock
+        run_lock.release()
+    return None
+
+
+class JobManager:
+    """The app's handle on the queue: submit, cancel, queue positions, and the worker process.
+
+    Args:
+        runs_dir: the runs directory (default ``$KARST_RUNS_DIR`` or ``./runs``).
+    """
+
+    def __init__(self, runs_dir: str | Path | None = None):
+        self.store = RunStore(runs_dir)
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    def worker_alive(self) -> bool:
+        """True if some process holds this runs directory's worker lock."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = FileLock(self.root / ".worker.lock")
+        if probe.acquire():
+            probe.release()
+            return False
+        return True
+
+    def worker_pid(self) -> int | None:
+        """Pid of the live worker, if any."""
+        if not self.worker_alive():
+            return None
+        info = read_json(self.root / ".worker.json") or {}
+        pid = info.get("pid")
+        try:
+            os.kill(pid, 0)  # .worker.json may still name the previous worker for an instant
+        except (TypeError, ProcessLookupError):
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def ensure_worker(self, wait_s: float = 15.0) -> int:
+        """Start a detached worker unless one is alive; return its pid.
+
+        The worker is its own session (``start_new_session``): closing the app, the terminal or
+        a browser tab does not stop it. Its log is ``<runs>/.worker.log``.
+        """
+        pid = self.worker_pid()
+        if pid:
+            return pid
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # Make `-m karst` importable even when the package is used from a source checkout.
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        with open(self.root / ".worker.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "karst", "worker", "--runs-dir", str(self.root)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            pid = self.worker_pid()
+            if pid:
+                return pid
+            if proc.poll() is not None and not self.worker_alive():
+                raise KarstError(f"the worker exited at once (code {proc.returncode}); see {self.root / '.worker.log'}.")
+            time.sleep(0.05)
+        raise KarstError(f"the worker did not start within {wait_s:.0f} s; see {self.root / '.worker.log'}.")
+
+    def stop_worker(self, timeout_s: float = 30.0) -> bool:
+        """Ask the worker to stop (its current run ends as ``cancelled``); True once it is gone."""
+        pid = self.worker_pid()
+        if not pid:
+            return True
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.worker_alive():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def submit(self, config: TrainConfig, start_worker: bool = True) -> str:
+        """Queue a run and return its id; starts the worker if none is alive."""
+        run_id = self.store.create(config)
+        if start_worker:
+            self.ensure_worker()
+        return run_id
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel a queued or running run; returns its status (a running one stops within a step)."""
+        return self.store.request_cancel(run_id)
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1 = next to start; None when the run is not waiting in the queue."""
+        return self.store.queue_position(run_id)
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run's status plus ``queue_position`` (for a status line in a UI)."""
+        status = dict(self.store.read_status(run_id))
+        status["queue_position"] = self.queue_position(run_id) if status["status"] == "queued" else None
+        return status

@@ -1,0 +1,557 @@
+"""Run folders: the contract between the engine and its readers (the app, the CLI, notebooks).
+
+A run is a folder ``<runs-dir>/<run-id>/`` (layout in docs/ARCHITECTURE.md). Everything here is
+safe against concurrent readers and against the writer dying at any instant:
+
+- JSON files are written to a temporary file and moved into place with ``os.replace``, so a reader
+  sees the old or the new content, never half of it.
+- ``metrics.jsonl`` is append-only; a torn last line (the writer died mid-line) is ignored.
+- The process that owns a run holds an exclusive ``flock`` on ``<run>/.lock`` for as long as it
+  works on it. The kernel drops the lock when the process dies, however it dies, so "status says
+  running but nobody holds the lock" means the owner is gone: the run is shown as ``interrupted``.
+  A lock, unlike a bare pid check, cannot be fooled by pid reuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import KarstError, RunError
+
+try:  # POSIX; on Windows runs still work, but liveness falls back to a pid check.
+    import fcntl
+except ImportError:  # pragma: no cover - not reachable on Linux/macOS
+    fcntl = None
+
+__all__ = [
+    "RUN_STATES",
+    "FINAL_STATES",
+    "RunStore",
+    "FileLock",
+    "default_runs_dir",
+    "atomic_write_json",
+    "read_json",
+    "read_jsonl",
+    "encode_array",
+    "decode_array",
+    "RunRecorder",
+    "alignment_gaps",
+]
+
+RUN_STATES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
+FINAL_STATES = ("completed", "failed", "cancelled", "diverged", "interrupted")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def default_runs_dir() -> Path:
+    """``$KARST_RUNS_DIR`` if set, else ``./runs``."""
+    return Path(os.environ.get("KARST_RUNS_DIR", "runs"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON so that readers never see a partial file (temp file in the same dir + replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """Read a JSON file; ``default`` if it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as e:
+        # Only a file damaged outside this package can get here (our writes are atomic).
+        raise RunError(f"{path} is not valid JSON ({e.msg}); the run folder was modified by hand.") from None
+
+
+def read_jsonl(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Read complete JSON lines from byte ``offset``; returns (records, offset after them).
+
+    A last line without its newline is a write in progress (or torn by a crash) and is left for
+    the next call; an undecodable line is skipped. Polling readers pass the returned offset back.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records, offset + end
+
+
+def encode_array(a: np.ndarray) -> str:
+    """Compact JSON-friendly encoding: float16, little-endian, base64 (per-channel statistics)."""
+    a = np.clip(np.nan_to_num(np.asarray(a, dtype=np.float32)), -65000.0, 65000.0)
+    return base64.b64encode(a.astype("<f2").tobytes()).decode("ascii")
+
+
+def decode_array(s: str) -> np.ndarray:
+    """Inverse of :func:`encode_array` (returns float32)."""
+    return np.frombuffer(base64.b64decode(s), dtype="<f2").astype(np.float32)
+
+
+class FileLock:
+    """An exclusive ``flock`` on a file; released on ``release()`` or when the process dies.
+
+    Args:
+        path: lock file (created if missing).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock; with ``blocking=False`` return False at once if someone holds it."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover
+            self._fd = fd
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            # Closing the descriptor drops the flock.
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FileLock:
+        self.acquire(blocking=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _new_status(now: float) -> dict[str, Any]:
+    return {
+        "status": "queued",
+        "message": "waiting for a worker",
+        "pid": None,
+        "device": None,
+        "step": 0,
+        "total_steps": 0,
+        "epoch": 0,
+        "epochs": 0,
+        "eta_s": None,
+        "queued_at": now,
+        "started_at": None,
+        "updated_at": now,
+        "finished_at": None,
+    }
+
+
+class RunStore:
+    """All run folders under one runs directory.
+
+    Args:
+        root: the runs directory (created on first write); ``None`` = :func:`default_runs_dir`.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_runs_dir()
+
+    # -- creation -------------------------------------------------------------------------------
+    def create(self, config: TrainConfig) -> str:
+        """Create a queued run for ``config`` and return its id (for the worker to pick up)."""
+        run_id, lock = self._make(config, claim=False)
+        return run_id
+
+    def create_claimed(self, config: TrainConfig) -> tuple[str, FileLock]:
+        """Create a run owned by this process (foreground training): returns (run_id, held lock).
+
+        The status carries this pid, so the worker leaves the run alone, and if this process dies
+        before finishing, readers see ``interrupted``.
+        """
+        run_id, lock = self._make(config, claim=True)
+        assert lock is not None
+        return run_id, lock
+
+    def _make(self, config: TrainConfig, claim: bool) -> tuple[str, FileLock | None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(1000):
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{secrets.token_hex(2)}"
+            try:
+                # mkdir is atomic: two launches at the same instant can never share a folder.
+                os.mkdir(self.root / run_id)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 65536 ids per second per method
+            raise RunError(f"could not create a unique run folder in {self.root}; try again.")
+        run_dir = self.root / run_id
+        lock = None
+        if claim:
+            lock = FileLock(run_dir / ".lock")
+            lock.acquire()
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+        status = _new_status(time.time())
+        if claim:
+            status.update(pid=os.getpid(), message="waiting for the device")
+        # status.json is written last: a folder without it is still being created and is skipped.
+        atomic_write_json(run_dir / "status.json", status)
+        return run_id, lock
+
+    # -- paths and reads --------------------------------------------------------------------------
+    def path(self, run_id: str) -> Path:
+        """The folder of ``run_id``; raises RunError if the id is malformed or unknown."""
+        if not isinstance(run_id, str) or not _SAFE_ID.match(run_id):
+            raise RunError(f"run id {run_id!r} is not a valid run id; list runs with `karst runs`.")
+        p = self.root / run_id
+        if not (p / "config.json").is_file():
+            raise RunError(f"no run {run_id!r} in {self.root}; list runs with `karst runs`.")
+        return p
+
+    def exists(self, run_id: str) -> bool:
+        try:
+            self.path(run_id)
+        except RunError:
+            return False
+        return True
+
+    def read_config(self, run_id: str) -> TrainConfig:
+        return TrainConfig.from_dict(read_json(self.path(run_id) / "config.json"))
+
+    def read_status(self, run_id: str) -> dict[str, Any]:
+        """The run's status, with a dead owner detected and recorded as ``interrupted``."""
+        run_dir = self.path(run_id)
+        status = read_json(run_dir / "status.json")
+        if status is None:
+            raise RunError(f"run {run_id!r} is still being created; try again in a moment.")
+        if self._owner_may_be_gone(status):
+            status = self._check_interrupted(run_dir, status)
+        return status
+
+    @staticmethod
+    def _owner_may_be_gone(status: dict) -> bool:
+        return status["status"] == "running" or (status["status"] == "queued" and status.get("pid"))
+
+    def _check_interrupted(self, run_dir: Path, status: dict) -> dict:
+        lock = FileLock(run_dir / ".lock")
+        if fcntl is None:  # pragma: no cover
+            if _pid_alive(status.get("pid")):
+                return status
+        elif not lock.acquire():
+            return status  # the owner is alive and working
+        try:
+            # Re-read under the lock: the owner may have finished between our read and the lock.
+            status = read_json(run_dir / "status.json")
+            if not self._owner_may_be_gone(status):
+                return status
+            last = self._last_snapshot(run_dir)
+            kept = f"the last snapshot (epoch {last}) is kept" if last is not None else "no snapshot was saved"
+            now = time.time()
+            status.update(
+                status="interrupted",
+                message=f"the process running this run (pid {status.get('pid')}) stopped; {kept}.",
+                eta_s=None,
+                updated_at=now,
+                finished_at=now,
+            )
+            atomic_write_json(run_dir / "status.json", status)
+            return status
+        finally:
+            lock.release()
+
+    def write_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """Update fields of status.json (atomically) and return the new status."""
+        run_dir = self.path(run_id)
+        status = read_json(run_dir / "status.json") or _new_status(time.time())
+        status.update(fields, updated_at=time.time())
+        atomic_write_json(run_dir / "status.json", status)
+        return status
+
+    def read_metrics(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
+        """Metrics records from byte ``offset`` (0 = all) and the offset to poll from next."""
+        return read_jsonl(self.path(run_id) / "metrics.jsonl", offset)
+
+    def read_summary(self, run_id: str) -> dict[str, Any] | None:
+        return read_json(self.path(run_id) / "summary.json")
+
+    def snapshot_epochs(self, run_id: str) -> list[int]:
+        """Epochs with a stats file (000 = before training), ascending."""
+        return _epochs(self.path(run_id) / "snapshots", "stats_")
+
+    @staticmethod
+    def _last_snapshot(run_dir: Path) -> int | None:
+        epochs = _epochs(run_dir / "snapshots", "epoch_", ".safetensors")
+        return epochs[-1] if epochs else None
+
+    def last_checkpoint(self, run_id: str) -> Path | None:
+        """The newest weights of a run: ``adapter.safetensors`` or else the last epoch snapshot."""
+        run_dir = self.path(run_id)
+        if (run_dir / "adapter.safetensors").is_file():
+            return run_dir / "adapter.safetensors"
+        last = self._last_snapshot(run_dir)
+        return None if last is None else run_dir / "snapshots" / f"epoch_{last:03d}.safetensors"
+
+    def run_ids(self) -> list[str]:
+        """Ids of complete run folders (status.json written), oldest first."""
+        if not self.root.is_dir():
+            return []
+        ids = [p.name for p in self.root.iterdir() if _SAFE_ID.match(p.name) and (p / "status.json").is_file()]
+        return sorted(ids)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first: ``{"run_id", "status", "config", "summary"}`` (dicts)."""
+        out = []
+        for run_id in self.run_ids():
+            try:
+                status = self.read_status(run_id)
+                config = read_json(self.root / run_id / "config.json")
+                summary = read_json(self.root / run_id / "summary.json")
+            except RunError:
+                continue  # deleted or being created while we listed
+            out.append({"run_id": run_id, "status": status, "config": config, "summary": summary})
+        out.sort(key=lambda r: (r["status"].get("queued_at") or 0, r["run_id"]), reverse=True)
+        return out
+
+    def queued(self) -> list[str]:
+        """Queued run ids in launch order (the order the worker starts them).
+
+        Reads only status files: the worker calls this several times a second.
+        """
+        rows = []
+        for run_id in self.run_ids():
+            try:
+                status = read_json(self.root / run_id / "status.json")
+                if status and status["status"] == "queued":
+                    status = self.read_status(run_id)  # a dead foreground owner → interrupted
+            except RunError:
+                continue
+            if status and status["status"] == "queued":
+                rows.append((status["queued_at"], run_id))
+        return [run_id for _, run_id in sorted(rows)]
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1 for the next run to start, 2 for the one after, ...; None if not queued."""
+        order = self.queued()
+        return order.index(run_id) + 1 if run_id in order else None
+
+    # -- control --------------------------------------------------------------------------------
+    def claim(self, run_id: str) -> FileLock | None:
+        """Take ownership of a run (non-blocking); None if another process owns it."""
+        lock = FileLock(self.path(run_id) / ".lock")
+        return lock if lock.acquire() else None
+
+    def request_cancel(self, run_id: str) -> dict[str, Any]:
+        """Ask a run to stop. A queued run is cancelled at once; a running one within one step."""
+        run_dir = self.path(run_id)
+        status = self.read_status(run_id)
+        if status["status"] in FINAL_STATES:
+            return status
+        (run_dir / "cancel").touch()
+        if status["status"] == "queued":
+            lock = self.claim(run_id)
+            if lock is not None:  # nobody is working on it: mark it ourselves
+                try:
+                    status = read_json(run_dir / "status.json")
+                    if status["status"] == "queued" and not status.get("pid"):
+                        now = time.time()
+                        status = self.write_status(
+                            run_id, status="cancelled", message="cancelled before it started", finished_at=now
+                        )
+                finally:
+                    lock.release()
+        return status
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return (self.path(run_id) / "cancel").exists()
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run folder; refuses while a process is working on it."""
+        run_dir = self.path(run_id)
+        lock = self.claim(run_id)
+        if lock is None:
+            raise RunError(f"run {run_id!r} is running; cancel it first, then delete it.")
+        try:
+            status = read_json(run_dir / "status.json") or {}
+            if status.get("status") == "queued" and status.get("pid") and _pid_alive(status["pid"]):
+                raise RunError(f"run {run_id!r} is waiting to start; cancel it first, then delete it.")
+            # Rename first so readers never see a half-deleted folder under the real id.
+            trash = self.root / f".deleted-{run_id}-{secrets.token_hex(2)}"
+            os.replace(run_dir, trash)
+        finally:
+            lock.release()
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _epochs(folder: Path, prefix: str, suffix: str = ".json") -> list[int]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        name = p.name
+        if name.startswith(prefix) and name.endswith(suffix):
+            num = name[len(prefix) : -len(suffix)]
+            if num.isdigit():
+                out.append(int(num))
+    return sorted(out)
+
+
+class RunRecorder:
+    """The trainer callback that keeps a run folder up to date (see ``karst.train.Callback``).
+
+    Status writes during training are throttled to a few per second: a poller sees fresh
+    progress, and a long run does not spend its time renaming files.
+
+    Args:
+        run_dir: an existing run folder (made by :class:`RunStore`).
+        config: the run's configuration (written to config.json if missing).
+        status_interval_s: minimum seconds between two step-driven status writes.
+    """
+
+    def __init__(self, run_dir: str | Path, config: TrainConfig, status_interval_s: float = 0.5):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.status_interval_s = status_interval_s
+        self._last_status = 0.0
+        self._metrics = None
+        (self.run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / "config.json").is_file():
+            atomic_write_json(self.run_dir / "config.json", config.to_dict())
+
+    def _status(self, **fields: Any) -> None:
+        path = self.run_dir / "status.json"
+        status = read_json(path) or _new_status(time.time())
+        status.update(fields, updated_at=time.time())
+        atomic_write_json(path, status)
+        self._last_status = time.monotonic()
+
+    def _append(self, record: dict[str, Any]) -> None:
+        if self._metrics is None:
+            self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # One write per line, flushed at once: readers see whole lines or a torn tail they skip.
+        self._metrics.write(json.dumps(record, allow_nan=False) + "\n")
+        self._metrics.flush()
+
+    def on_phase(self, message: str) -> None:
+        status = read_json(self.run_dir / "status.json") or {}
+        started = status.get("started_at") or time.time()
+        self._status(status="running", message=message, pid=os.getpid(), started_at=started,
+                     epochs=self.config.epochs)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self._status(status="running", message="training", device=info["device"], step=0,
+                     total_steps=info["total_steps"], epoch=0, epochs=info["epochs"])
+
+    def on_step(self, record: dict[str, Any], progress: Any) -> None:
+        self._append(record)
+        if time.monotonic() - self._last_status >= self.status_interval_s:
+            self._status(step=progress.step, epoch=progress.epoch, eta_s=round(progress.eta_s, 1))
+
+    def on_epoch(self, record: dict[str, Any], progress: Any) -> None:
+        self._append(record)
+        self._status(step=progress.step, epoch=progress.epoch, eta_s=round(progress.eta_s, 1),
+                     message=f"epoch {progress.epoch}/{progress.epochs} done")
+
+    def on_snapshot(self, epoch: int, tensors: dict, stats: dict, metadata: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        folder = self.run_dir / "snapshots"
+        final = folder / f"epoch_{epoch:03d}.safetensors"
+        tmp = folder / f".epoch_{epoch:03d}.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, final)
+        if self.config.method == "full":
+            # A full fine-tune's "adapter" is the whole model: keep only the newest copy.
+            for old in _epochs(folder, "epoch_", ".safetensors"):
+                if old < epoch:
+                    (folder / f"epoch_{old:03d}.safetensors").unlink(missing_ok=True)
+        layers = {}
+        for name, entry in stats.items():
+            layers[name] = {key: encode_array(value) for key, value in entry.items()}
+            layers[name]["channels"] = int(len(entry["out_mean"]))
+            layers[name].update(alignment_gaps(entry))
+        atomic_write_json(folder / f"stats_{epoch:03d}.json",
+                          {"epoch": epoch, "encoding": "float16-base64", "layers": layers})
+
+    def on_test(self, record: dict[str, Any]) -> None:
+        self._append(record)
+
+    def on_end(self, summary: dict[str, Any], result: Any) -> None:
+        status = summary["status"]
+        if result is not None and status in ("completed", "cancelled"):
+            from .export import export_result
+
+            try:
+                # A cancelled run keeps its current weights (adapter only: quick to write).
+                files = export_result(self.run_dir, result, merged=status == "completed", run_id=self.run_dir.name)
+                summary["files"] = files
+            except KarstError as e:
+                summary["export_error"] = str(e)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        now = time.time()
+        self._status(status=status, message=summary.get("message", ""), eta_s=None, finished_at=now,
+                     epoch=summary.get("epochs_done", 0), step=summary.get("steps", 0))
+
+
+def alignment_gaps(entry: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far the adapted outputs' statistics are from the pre-trained ones, scale-free.
+
+    ``gap_X = mean_c(|μ_X − μ_base| + |σ_X − σ_base|) / mean_c(σ_base)`` for X in {pre, out}:
+    0 means the same per-channel distribution as W0x+b0; 1 means off by one typical std.
+    """
+    scale = float(np.mean(entry["base_std"])) + 1e-8
+    gaps = {}
+    for key in ("pre", "out"):
+        d = np.abs(entry[f"{key}_mean"] - entry["base_mean"]) + np.abs(entry[f"{key}_std"] - entry["base_std"])
+        gaps[f"gap_{key}"] = float(np.mean(d) / scale)
+    return gaps
