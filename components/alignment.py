@@ -55,7 +55,7 @@ def build() -> AlignmentPanel:
 def options(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
     if not run_id:
         return gr.Dropdown(choices=[], value=None), gr.Slider(maximum=1, value=0)
-    layers, epochs, _ = runner.inspect_options(run_id)
+    layers, epochs, _ = runner.inspect_options(run_id, stats=True)
     chosen = layer if layer in layers else (layers[0] if layers else None)
     last = max(epochs) if epochs else 0
     return (gr.Dropdown(choices=layers, value=chosen),

@@ -6,13 +6,15 @@ reused by any panel.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+# The library's block-averaging (not striding) keeps a Kronecker product's block pattern visible.
+from karst.inspect import downsample
 
 __all__ = [
     "MAX_HEATMAP_SIDE",
@@ -48,27 +50,6 @@ _METHOD_COLORS = {
     "full": "#7f7f7f",
     "probe": "#ff7f0e",
 }
-
-
-def downsample(matrix: np.ndarray, max_side: int = MAX_HEATMAP_SIDE) -> tuple[np.ndarray, int]:
-    """Block-average a 2-D array so that neither side exceeds ``max_side``.
-
-    Returns:
-        The (possibly smaller) array and the integer factor used (1 = untouched). Averaging, not
-        striding, keeps the block structure of a Kronecker product visible after shrinking.
-    """
-    matrix = np.asarray(matrix, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ValueError(f"downsample expects a 2-D array, got shape {matrix.shape}")
-    factor = max(1, math.ceil(max(matrix.shape) / max_side))
-    if factor == 1:
-        return matrix, 1
-    h, w = matrix.shape
-    ph, pw = -h % factor, -w % factor
-    # Pad with NaN and use nanmean so the ragged last block averages only real cells.
-    padded = np.pad(matrix, ((0, ph), (0, pw)), constant_values=np.nan)
-    blocks = padded.reshape((h + ph) // factor, factor, (w + pw) // factor, factor)
-    return np.nanmean(blocks, axis=(1, 3)), factor
 
 
 def thin(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_CURVE_POINTS) -> tuple[list, list]:

@@ -270,7 +270,11 @@ class Runner:
     def backbone_choices() -> list[tuple[str, str]]:
         from karst.backbones import list_backbones
 
-        return [(f"{b['name']} — {b.get('description', '')}".rstrip(" —"), b["name"]) for b in list_backbones()]
+        out = []
+        for b in list_backbones():
+            offline = "" if b.get("available", True) else " (not in the local cache: needs a network)"
+            out.append((f"{b['name']} — {b.get('description', '')}{offline}", b["name"]))
+        return out
 
     @staticmethod
     def dataset_choices() -> list[tuple[str, str]]:
@@ -311,9 +315,12 @@ class Runner:
         from karst.device import resolve_device
         from karst.methods import build_method, check_settings
 
+        notes = []
         try:
             cfg = form.to_train_config()
             resolve_device(cfg.device)
+            if form.dataset_source == "zip":
+                notes.append(self.check_zip(cfg.dataset))
             classes = self._num_classes(cfg.dataset)
             assumed = classes is None
             classes = classes or ASSUMED_CLASSES
@@ -337,18 +344,26 @@ class Runner:
             f"✅ **{pc.trainable:,}** trainable parameters ({fmt.count(pc.adapter)} adapter + "
             f"{fmt.count(pc.head)} head) — {share:.2%} of {fmt.count(pc.total)}.",
         ]
+        lines += notes
         if assumed:
             lines.append(f"Head counted for {ASSUMED_CLASSES} classes; the real number is read from the data.")
         return CheckResult(True, "  \n".join(lines), pc.trainable)
 
-    def check_zip(self, zip_path: str | None) -> str:
-        """Inspect an uploaded zip without extracting it; returns a Markdown line."""
-        if not zip_path:
-            return ""
-        from karst.data.safety import check_zip
+    @staticmethod
+    def check_zip(zip_path: str) -> str:
+        """Validate an uploaded dataset zip (every entry checked before anything is written).
 
-        info = check_zip(zip_path)
-        return f"✅ zip looks safe: {info}" if info else "✅ zip looks safe."
+        It is extracted into the same cache the worker uses, so a launch reuses this extraction.
+
+        Raises:
+            DataError: not a zip, an entry escaping its folder, a link, or over a size limit.
+        """
+        from karst.data.safety import IMAGE_SUFFIXES, safe_extract_zip
+
+        folder = safe_extract_zip(zip_path)
+        classes = [p for p in folder.iterdir() if p.is_dir()]
+        images = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return f"Zip checked: {images} images in {len(classes)} top-level folders."
 
     # ------------------------------------------------------------------ runs
     def launch(self, form: SetupForm) -> str:
@@ -356,11 +371,7 @@ class Runner:
         result = self.check(form)
         if not result.ok:
             raise ConfigError(result.markdown.removeprefix("❌ "))
-        cfg = form.to_train_config()
-        if form.dataset_source == "zip":
-            self.check_zip(cfg.dataset)
-        self.jobs.ensure_worker()
-        return self.jobs.submit(cfg)
+        return self.jobs.submit(form.to_train_config())
 
     def stop(self, run_id: str | None) -> str:
         if not run_id:
@@ -471,22 +482,28 @@ class Runner:
         return rows
 
     # ------------------------------------------------------------------ inspection
-    def inspect_options(self, run_id: str) -> tuple[list[str], list[int], int]:
-        """Layer names, saved epochs and the number of kernels N of a run's snapshots."""
+    def inspect_options(self, run_id: str, stats: bool = False) -> tuple[list[str], list[int], int]:
+        """KARST layer names, saved epochs and N of a run.
+
+        Args:
+            stats: list the epochs with feature statistics (alignment view) instead of the epochs
+                with adapter tensors (kernel view).
+        """
         from karst import inspect as kinspect
 
-        return kinspect.layers(self.runs_dir / run_id), kinspect.epochs(self.runs_dir / run_id), \
-            self.store.read_config(run_id).n_kernels
+        folder = self.store.path(run_id)
+        saved = self.store.snapshot_epochs(run_id) if stats else kinspect.epochs(folder)
+        return kinspect.layers(folder), saved, self.store.read_config(run_id).n_kernels
 
     def kernel_view(self, run_id: str, layer: str, kernel: int, epoch: int) -> dict[str, Any]:
         from karst import inspect as kinspect
 
-        return kinspect.kernel_view(self.runs_dir / run_id, layer, kernel, epoch)
+        return kinspect.kernel_view(self.store.path(run_id), layer, kernel, epoch)
 
     def alignment_view(self, run_id: str, layer: str, epoch: int) -> dict[str, Any]:
         from karst import inspect as kinspect
 
-        return kinspect.alignment_view(self.runs_dir / run_id, layer, epoch)
+        return kinspect.alignment_view(self.store.path(run_id), layer, epoch)
 
     # ------------------------------------------------------------------ export and predict
     def downloads(self, run_id: str) -> tuple[Path, Path, Path]:
