@@ -63,6 +63,7 @@ def execute_run(
     run_lock: FileLock,
     callbacks: Iterable[Any] = (),
     stop_flag: Any = None,
+    raise_errors: bool = False,
 ) -> dict[str, Any]:
     """Train a claimed run: wait for its device, train, record; always releases ``run_lock``.
 
@@ -71,9 +72,11 @@ def execute_run(
         run_id: a run this process has claimed (``run_lock`` held).
         callbacks: extra trainer callbacks (the CLI's progress bar).
         stop_flag: optional zero-argument callable; True cancels (a worker asked to stop).
+        raise_errors: re-raise a ``KarstError`` after recording it (the CLI turns it into exit 2);
+            the worker leaves it False and moves on to the next run.
 
     Returns:
-        The run summary. A ``KarstError`` (bad settings/data) is recorded as ``failed``, not raised.
+        The run summary. A ``KarstError`` (bad settings/data) is recorded as ``failed``.
     """
     from .device import device_key, resolve_device
     from .train import train
@@ -90,7 +93,10 @@ def execute_run(
         try:
             device = resolve_device(config.device)
         except KarstError as e:
-            return _finish_unstarted(store, run_id, "failed", str(e))
+            summary = _finish_unstarted(store, run_id, "failed", str(e))
+            if raise_errors:
+                raise
+            return summary
         dev_lock = device_lock(store.root, device_key(device))
         waiting = False
         while not dev_lock.acquire():
@@ -105,7 +111,9 @@ def execute_run(
         try:
             return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled)
         except KarstError:
-            pass  # recorded as failed by the run recorder; the message is in status/summary
+            if raise_errors:
+                raise
+            # Otherwise recorded as failed by the run recorder; the message is in status/summary.
         except Exception:
             # A bug: keep the traceback next to the run, keep the worker alive.
             (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
@@ -126,7 +134,7 @@ def run_foreground(
     store = RunStore(runs_dir)
     run_id, lock = store.create_claimed(config)
     try:
-        return execute_run(store, run_id, lock, callbacks)
+        return execute_run(store, run_id, lock, callbacks, raise_errors=True)
     except KeyboardInterrupt:  # only while waiting for the device; train() handles its own
         lock.release()
         return _finish_unstarted(store, run_id, "cancelled", "interrupted by the user before it started")

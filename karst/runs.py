@@ -519,6 +519,15 @@ class RunRecorder:
             layers[name].update(alignment_gaps(entry))
         atomic_write_json(folder / f"stats_{epoch:03d}.json",
                           {"epoch": epoch, "encoding": "float16-base64", "layers": layers})
+        if layers:
+            # The gap curves over epochs, kept small so a view need not parse every stats file.
+            gaps = read_json(folder / "gaps.json") or {"epochs": [], "layers": {}}
+            gaps["epochs"].append(epoch)
+            for name, entry in layers.items():
+                row = gaps["layers"].setdefault(name, {"pre": [], "out": []})
+                row["pre"].append(entry["gap_pre"])
+                row["out"].append(entry["gap_out"])
+            atomic_write_json(folder / "gaps.json", gaps)
 
     def on_test(self, record: dict[str, Any]) -> None:
         self._append(record)
