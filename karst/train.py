@@ -396,6 +396,7 @@ def _run(
                         f"the loss became {loss_value} at step {step + 1} (lr {lr_now:.3g}); "
                         f"the learning rate is too high for this setting, try --lr {config.lr / 10:g}.",
                     )
+                lr_used = optimizer.param_groups[0]["lr"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip is not None:
@@ -421,7 +422,7 @@ def _run(
                         "step": step,
                         "epoch": round(epoch + (i + 1) / steps_per_epoch, 4),
                         "loss": loss_value,
-                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr": lr_used,
                         "img_per_s": round(n / max(now - t_step, 1e-9), 2),
                         "t": time.time(),
                     },
