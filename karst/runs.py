@@ -401,10 +401,12 @@ class RunStore:
                 try:
                     status = read_json(run_dir / "status.json")
                     if status["status"] == "queued" and not status.get("pid"):
-                        now = time.time()
-                        status = self.write_status(
-                            run_id, status="cancelled", message="cancelled before it started", finished_at=now
-                        )
+                        message = "cancelled before it started"
+                        atomic_write_json(run_dir / "summary.json", {
+                            "run_id": run_id, "status": "cancelled", "message": message, "seconds": 0.0,
+                            "epochs_done": 0})
+                        status = self.write_status(run_id, status="cancelled", message=message,
+                                                   finished_at=time.time())
                 finally:
                     lock.release()
         return status
