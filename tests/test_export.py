@@ -1,0 +1,141 @@
+"""Export: the merged model loads into plain timm (no karst) with identical outputs; predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import env, tiny_config, trained_run
+from PIL import Image
+
+from karst.errors import ConfigError, RunError
+from karst.export import Predictor, export_run, load_merged, load_run, predict
+from karst.jobs import run_foreground
+
+# Loads merged.safetensors exactly as the export docstring says, in a process that cannot import
+# karst (its folder is not on the path and the import is blocked), and prints the logits.
+_PLAIN_TIMM = """
+import json, sys
+sys.modules["karst"] = None  # any attempt to import karst now fails
+import timm, torch
+from safetensors.torch import load_file
+meta = json.load(open(sys.argv[1] + "/merged.json"))
+model = timm.create_model(meta["arch"]["model_name"], pretrained=False,
+                          num_classes=meta["num_classes"], **meta["arch"]["kwargs"])
+model.load_state_dict(load_file(sys.argv[1] + "/merged.safetensors"), strict=True)
+x = torch.load(sys.argv[2])
+print(json.dumps(model.eval()(x).tolist()))
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_merged_model_loads_in_plain_timm_with_identical_outputs(tmp_path_factory, tmp_path: Path) -> None:
+    run = trained_run(tmp_path_factory.getbasetemp())
+    meta = json.loads((run / "merged.json").read_text())
+    assert meta["num_classes"] == len(meta["class_names"]) == 10
+    assert meta["preprocessing"]["input_size"] == [3, 32, 32] and "mean" in meta["preprocessing"]
+    x = torch.randn(3, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    env_plain = env()
+    env_plain["PYTHONPATH"] = ""  # no karst checkout on the path
+    out = subprocess.run([sys.executable, "-c", _PLAIN_TIMM, str(run), str(tmp_path / "x.pt")], capture_output=True,
+                         text=True, env=env_plain, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    plain = torch.tensor(json.loads(out.stdout))
+    method, _, _ = load_run(run)  # the adapted (unmerged) model rebuilt from its adapter
+    with torch.no_grad():
+        adapted = method.model(x)
+    torch.testing.assert_close(plain, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_from_run_and_from_a_lone_merged_file(tmp_path_factory, tmp_path: Path) -> None:
+    run = trained_run(tmp_path_factory.getbasetemp())
+    images = _images(3)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"img{i}.png")
+        img.save(paths[-1])
+    from_run = predict(run, images, top_k=3)
+    # A merged file that travelled alone (an upload): the config comes from its header.
+    lone = tmp_path / "upload" / "model.safetensors"
+    lone.parent.mkdir()
+    shutil.copy(run / "merged.safetensors", lone)
+    from_file = Predictor.from_source(lone).predict(paths, top_k=3)
+    for a, b in zip(from_run, from_file):
+        assert [c for c, _ in a] == [c for c, _ in b]
+        np.testing.assert_allclose([p for _, p in a], [p for _, p in b], atol=1e-5)
+    for res in from_run:
+        probs = [p for _, p in res]
+        assert len(res) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert len(predict(run, images[:1], top_k=50)[0]) == 10  # clipped to the number of classes
+
+
+def test_predict_errors(tmp_path_factory, tmp_path: Path) -> None:
+    run = trained_run(tmp_path_factory.getbasetemp())
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    with pytest.raises(ConfigError, match="not a readable image"):
+        predict(run, [not_image])
+    with pytest.raises(ConfigError, match="top_k"):
+        predict(run, _images(1), top_k=0)
+    with pytest.raises(RunError, match="does not exist"):
+        load_merged(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(RunError, match="safetensors"):
+        load_merged(junk)
+
+
+def test_export_a_cancelled_run_from_its_weights(tmp_path: Path) -> None:
+    from karst.runs import RunStore
+    from karst.train import train
+
+    store = RunStore(tmp_path / "runs")
+    config = tiny_config(tmp_path, epochs=2)
+    run_id, lock = store.create_claimed(config)
+    calls = iter(range(100))
+    summary = train(config, store.path(run_id), cancel_check=lambda: next(calls) >= 3)  # stop after 3 steps
+    lock.release()
+    assert summary["status"] == "cancelled" and summary["steps"] == 3
+    run = store.path(run_id)
+    assert not (run / "merged.safetensors").exists() and (run / "adapter.safetensors").exists()
+    out = tmp_path / "out" / "cancelled.safetensors"
+    files = export_run(run_id, out, runs_dir=store.root)
+    assert Path(files["merged"]) == out and out.with_suffix(".json").is_file()
+    model, meta = load_merged(out)
+    assert meta["run_id"] == run_id and meta["method"] == "karst"
+    method, _, _ = load_run(run)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), method.model(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match=".safetensors"):
+        export_run(run_id, tmp_path / "x.bin", runs_dir=store.root)
+
+
+def test_lora_run_exports_to_plain_timm(tmp_path: Path) -> None:
+    summary = run_foreground(tiny_config(tmp_path, method="lora", epochs=1, warmup_epochs=0), tmp_path / "runs")
+    run = tmp_path / "runs" / summary["run_id"]
+    model, meta = load_merged(run / "merged.safetensors")
+    assert meta["method"] == "lora" and type(model).__module__.startswith("timm")
+    method, _, _ = load_run(run)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), method.model(x), rtol=1e-4, atol=1e-4)
