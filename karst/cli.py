@@ -120,9 +120,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 class _ProgressBar:
     """Trainer callback drawing a one-line bar on a terminal (plain epoch lines otherwise)."""
 
-    def __init__(self, stream: Any = sys.stderr, width: int = 24):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: Any = None, width: int = 24):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.width = width
         self._last = 0.0
 
@@ -164,7 +164,10 @@ class _ProgressBar:
         pass
 
     def on_end(self, summary: dict[str, Any], result: Any) -> None:
-        self._line(f"{summary['status']}: {summary.get('message', '')}", final=True)
+        message = summary.get("message") or ""
+        if summary["status"] == "failed":
+            return  # main() prints the error itself, once
+        self._line(summary["status"] + (f": {message}" if message != summary["status"] else ""), final=True)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
