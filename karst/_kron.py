@@ -68,61 +68,79 @@ class KronRescaleFunction(torch.autograd.Function):
     """y = scale ⊙ (x W0ᵀ + b0 + ΔW x) + shift, saving only x and y for the backward pass.
 
     ``s1``/``s2`` may be None (no re-scaling), shape (1,) (scalar) or (d_out,) (channel-wise).
+    W0 and b0 must be frozen (no gradient is returned for them).
+
+    What is kept for backward, per token: x (d_in) — also what LoRA keeps — and, with re-scaling,
+    y (d_out), from which z = (y - s2) / (1 + s1) gives ∂L/∂s1. y costs nothing extra when the
+    next op saves it too (GELU after fc1, attention's q/k/v after qkv); after proj and fc2 (a
+    residual add, which saves nothing) it is the price of training s1. A frozen ``F.linear`` saves
+    no activation at all, so x is kept only for the adapter (∂L/∂B). The low-rank intermediates
+    U, V (m·N·r per token) are recomputed from x in backward: a few % of the layer's FLOPs.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, C, A, B, s1, s2):  # noqa: D401 - autograd signature
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])  # (T, d_in): a view unless x is non-contiguous
         _, V = _down_mix(x2, C, B)
         n, m, _ = C.shape
-        z = F.linear(x2, weight, bias)
-        z = z + (V.reshape(-1, n * A.shape[2]) @ _flat_A(A)).view(z.shape)
+        z = F.linear(x2, weight, bias)  # (T, d_out)
+        # ΔW x accumulates into z inside the up-projection GEMM (no (T, d_out) temporary).
+        z.view(-1, A.shape[1]).addmm_(V.reshape(-1, n * A.shape[2]), _flat_A(A))
+        # Save x itself, not x2: if x2 is a copy of a non-contiguous x, saving it would keep a
+        # second (T, d_in) tensor alive next to the one the caller holds.
         if s1 is not None:
             y = torch.addcmul(s2.to(z.dtype), z, (1.0 + s1).to(z.dtype))
-            ctx.save_for_backward(x2, y, C, A, B, s1, s2, weight)
+            ctx.save_for_backward(x, y, C, A, B, s1, s2, weight)
         else:
             y = z
-            ctx.save_for_backward(x2, None, C, A, B, None, None, weight)
-        ctx.lead = lead
+            ctx.save_for_backward(x, None, C, A, B, None, None, weight)
         return y.view(*lead, y.shape[-1])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2, y, C, A, B, s1, s2, weight = ctx.saved_tensors
+        x, y, C, A, B, s1, s2, weight = ctx.saved_tensors
         n, m, _ = C.shape
         p, r = A.shape[1], A.shape[2]
         k = B.shape[2]
-        t = x2.shape[0]
-        g = grad_out.reshape(t, -1)
+        g = grad_out.reshape(-1, grad_out.shape[-1])  # (T, d_out)
+        t = g.shape[0]
         grad_s1 = grad_s2 = None
         if s1 is not None:
-            # Recover the pre-scaling output from the saved output instead of keeping it alive.
+            scale = 1.0 + s1
             if ctx.needs_input_grad[6]:
-                z = (y - s2) / (1.0 + s1)
-                grad_s1 = (g * z).sum(0)
-                grad_s1 = grad_s1.sum().reshape(1) if s1.numel() == 1 else grad_s1
+                # ∂L/∂s1 = Σ_t g ⊙ z with z = (y - s2) / (1 + s1) recovered from the saved output
+                # instead of being kept alive. The division moves after the sum over tokens (one
+                # (d_out,) division instead of T·d_out) and the product runs in place, so the
+                # backward holds one (T, d_out) temporary and makes one pass fewer.
+                gz = torch.sub(y, s2).mul_(g).sum(0)
+                gz = gz.sum().reshape(1) if s1.numel() == 1 else gz
+                grad_s1 = gz / scale
             if ctx.needs_input_grad[7]:
                 grad_s2 = g.sum(0)
                 grad_s2 = grad_s2.sum().reshape(1) if s2.numel() == 1 else grad_s2
-            g = g * (1.0 + s1)
-        # Recompute the cheap low-rank intermediates (T, m, N, r) rather than storing them.
-        U, V = _down_mix(x2.to(g.dtype), C.to(g.dtype), B.to(g.dtype))
-        gY = g.reshape(t * m, p)  # (T·m, p)
-        Vf = V.reshape(t * m, n * r)
-        grad_A = (gY.t() @ Vf).view(p, n, r).permute(1, 0, 2) if ctx.needs_input_grad[4] else None
-        gV = (gY @ _flat_A(A).to(g.dtype).t()).view(t, m, n, r)
+            g = g * scale
+        dt = g.dtype
+        x2 = x.reshape(t, m * k).to(dt)
+        C_, A_, B_ = C.to(dt), A.to(dt), B.to(dt)
+        # Recompute the cheap low-rank intermediates (T·m, N·r) rather than storing them.
+        U, V = _down_mix(x2, C_, B_)
+        gY = g.reshape(t * m, p)  # (T·m, d_out/m)
+        grad_A = None
+        if ctx.needs_input_grad[4]:
+            grad_A = (V.reshape(t * m, n * r).t() @ gY).view(n, r, p).transpose(1, 2)
+        gV = (gY @ _flat_A(A_).t()).view(t, m, n, r)
         grad_C = torch.einsum("tanj,tbnj->nab", gV, U) if ctx.needs_input_grad[3] else None
-        gU = torch.einsum("nab,tanj->tbnj", C.to(g.dtype), gV).reshape(t * m, n * r)
-        grad_B = None
-        if ctx.needs_input_grad[5]:
-            grad_B = (gU.t() @ x2.to(g.dtype).reshape(t * m, k)).view(n, r, k)
+        gU = torch.einsum("nab,tanj->tbnj", C_, gV).reshape(t * m, n * r)
+        grad_B = (gU.t() @ x2.reshape(t * m, k)).view(n, r, k) if ctx.needs_input_grad[5] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ weight.to(g.dtype) + (gU @ _flat_B(B).to(g.dtype).t()).view(t, m * k)
-            grad_x = grad_x.view(*ctx.lead, m * k)
+            # W0ᵀ g and the adapter's Bᵀ gU accumulate into one buffer (no (T, d_in) temporary).
+            grad_x = g @ weight.to(dt)
+            grad_x.view(t * m, k).addmm_(gU, _flat_B(B_).t())
+            grad_x = grad_x.view(x.shape)
 
         def cast(grad, ref):
             return None if grad is None else grad.to(ref.dtype)
