@@ -87,7 +87,8 @@ class KronRescaleFunction(torch.autograd.Function):
         n, m, _ = C.shape
         z = F.linear(x2, weight, bias)  # (T, d_out)
         # ΔW x accumulates into z inside the up-projection GEMM (no (T, d_out) temporary).
-        z.view(-1, A.shape[1]).addmm_(V.reshape(-1, n * A.shape[2]), _flat_A(A))
+        # In-place ops are not autocast: cast to z's dtype (bf16 under autocast) as matmul would.
+        z.view(-1, A.shape[1]).addmm_(V.reshape(-1, n * A.shape[2]).to(z.dtype), _flat_A(A).to(z.dtype))
         # Save x itself, not x2: if x2 is a copy of a non-contiguous x, saving it would keep a
         # second (T, d_in) tensor alive next to the one the caller holds.
         if s1 is not None:
@@ -139,7 +140,7 @@ class KronRescaleFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # W0ᵀ g and the adapter's Bᵀ gU accumulate into one buffer (no (T, d_in) temporary).
             grad_x = g @ weight.to(dt)
-            grad_x.view(t * m, k).addmm_(gU, _flat_B(B_).t())
+            grad_x.view(t * m, k).addmm_(gU.to(grad_x.dtype), _flat_B(B_).t().to(grad_x.dtype))
             grad_x = grad_x.view(x.shape)
 
         def cast(grad, ref):

@@ -127,3 +127,18 @@ def test_main_writes_table_and_json(tmp_path, capsys):
 def test_main_rejects_unknown_method(capsys):
     assert main(["--methods", "dora", "--device", "cpu", "--quiet"]) == 2
     assert "dora" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rescale", ["channel", "none"])
+def test_fused_path_under_bf16_autocast(rescale):
+    # CUDA runs train under bf16 autocast; CPU autocast exercises the same mixed-dtype paths
+    # (in-place GEMMs are not autocast, so the fused function must cast their operands itself).
+    layer = _layer(rescale, torch.float32)
+    x = torch.randn(2, 5, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_f, grads_f = _grads(layer, x, fused=True)
+        out_a, grads_a = _grads(layer, x, fused=False)
+    torch.testing.assert_close(out_f.float(), out_a.float(), rtol=0.05, atol=0.1)
+    for name in grads_a:
+        assert grads_f[name].dtype == grads_a[name].dtype, name
+        torch.testing.assert_close(grads_f[name].float(), grads_a[name].float(), rtol=0.05, atol=0.2, msg=name)
