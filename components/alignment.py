@@ -64,8 +64,10 @@ def options(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
 
 def render(runner: Runner, run_id: str | None, layer: str | None, epoch: float) -> tuple:
     if not run_id or not layer:
-        empty = plots.empty_figure("Pick a run with saved feature statistics.")
-        return empty, empty, empty, "Pick a run and a layer."
+        msg = ("No feature statistics: they are recorded for KARST layers; pick a KARST run." if run_id
+               else "Pick a KARST run in the list above.")
+        empty = plots.empty_figure(msg)
+        return empty, empty, empty, msg
     v: dict[str, Any] = runner.alignment_view(run_id, layer, int(epoch))
     gaps = v.get("gaps") or {}
     lines = [f"Layer `{layer}`, epoch {int(epoch)}."]
@@ -75,12 +77,17 @@ def render(runner: Runner, run_id: str | None, layer: str | None, epoch: float) 
             plots.rescale_values(v.get("s1"), v.get("s2")), "\n".join(lines))
 
 
+def open_view(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
+    """Controls for the run and the views they select, in one round trip."""
+    controls = options(runner, run_id, layer)
+    chosen = controls[0].value if run_id else None
+    return (*controls, *render(runner, run_id, chosen, controls[1].value or 0))
+
+
 def bind(p: AlignmentPanel, runner: Runner, run: gr.Dropdown, tab: gr.Tab, current_tab: gr.State) -> None:
     """Wire the Alignment tab: follow the selected run; redraw on control changes."""
-    show = partial(render, runner)
-    follow_run(tab=tab, tab_id=TAB_ID, run=run, current_tab=current_tab,
-               refresh=partial(options, runner), refresh_inputs=[run, p.layer], refresh_outputs=p.controls(),
-               api_name="alignment_options", redraw=show, redraw_inputs=[run, *p.controls()],
-               redraw_outputs=p.views())
-    gr.on([p.layer.input, p.epoch.release], guarded(show), [run, *p.controls()], p.views(),
+    follow_run(tab=tab, tab_id=TAB_ID, run=run, current_tab=current_tab, refresh=partial(open_view, runner),
+               refresh_inputs=[run, p.layer], refresh_outputs=[*p.controls(), *p.views()],
+               api_name="alignment_view")
+    gr.on([p.layer.input, p.epoch.release], guarded(partial(render, runner)), [run, *p.controls()], p.views(),
           trigger_mode="always_last", api_name="alignment")

@@ -37,7 +37,7 @@ def build(runner: Runner) -> Header:
     """Lay out the run picker row (no events)."""
     with gr.Row(equal_height=True):
         run = gr.Dropdown(label="Run (all views show this run)", choices=[], value=None, scale=6,
-                          elem_id="run-picker", interactive=True)
+                          elem_id="run-picker", interactive=True, allow_custom_value=True)
         refresh = gr.Button("↻ Refresh list", scale=1, size="sm", elem_id="refresh-runs")
         stop = gr.Button("■ Stop run", variant="stop", scale=1, size="sm", elem_id="stop-run")
     message = gr.Markdown(elem_id="header-message")

@@ -75,7 +75,8 @@ def options(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
 def render(runner: Runner, run_id: str | None, layer: str | None, kernel: float, epoch: float) -> tuple:
     """The four heatmaps, the spectrum and a note for one layer, kernel and epoch."""
     if not run_id or not layer:
-        msg = "Pick a run that saved adapter snapshots (KARST runs do, from epoch 0)."
+        msg = ("No KARST layers to show: pick a KARST run (its kernels are saved from epoch 0)." if run_id
+               else "Pick a KARST run in the list above.")
         empty = plots.empty_figure(msg)
         return empty, empty, empty, empty, empty, msg
     v: dict[str, Any] = runner.kernel_view(run_id, layer, int(kernel), int(epoch))
@@ -89,12 +90,16 @@ def render(runner: Runner, run_id: str | None, layer: str | None, kernel: float,
     return (*figs, spec, note)
 
 
+def open_view(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
+    """Controls for the run and the views they select, in one round trip."""
+    controls = options(runner, run_id, layer)
+    chosen = controls[0].value if run_id else None
+    return (*controls, *render(runner, run_id, chosen, 1, controls[2].value or 0))
+
+
 def bind(p: KernelsPanel, runner: Runner, run: gr.Dropdown, tab: gr.Tab, current_tab: gr.State) -> None:
     """Wire the Kernels tab: follow the selected run; redraw on control changes."""
-    show = partial(render, runner)
-    follow_run(tab=tab, tab_id=TAB_ID, run=run, current_tab=current_tab,
-               refresh=partial(options, runner), refresh_inputs=[run, p.layer], refresh_outputs=p.controls(),
-               api_name="kernel_options", redraw=show, redraw_inputs=[run, *p.controls()],
-               redraw_outputs=p.views())
-    gr.on([p.layer.input, p.kernel.release, p.epoch.release], guarded(show), [run, *p.controls()], p.views(),
-          trigger_mode="always_last", api_name="kernels")
+    follow_run(tab=tab, tab_id=TAB_ID, run=run, current_tab=current_tab, refresh=partial(open_view, runner),
+               refresh_inputs=[run, p.layer], refresh_outputs=[*p.controls(), *p.views()], api_name="kernel_view")
+    gr.on([p.layer.input, p.kernel.release, p.epoch.release], guarded(partial(render, runner)),
+          [run, *p.controls()], p.views(), trigger_mode="always_last", api_name="kernels")

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # A 768×3072 ΔW has 2.4 M cells: too heavy to ship to a browser every slider move.
-MAX_HEATMAP_SIDE = 160
+MAX_HEATMAP_SIDE = 192
 # Step curves of long runs are thinned to this many points; the shape stays readable.
 MAX_CURVE_POINTS = 1500
 
@@ -175,7 +175,8 @@ def spectrum(karst_sv: Sequence[float], lora_sv: Sequence[float] | None, karst_l
                              line={"color": _METHOD_COLORS["karst"]}))
     if lora_sv is not None and len(lora_sv):
         lsv = np.asarray(lora_sv, dtype=float)
-        fig.add_trace(go.Scatter(x=np.arange(1, lsv.size + 1), y=lsv, mode="lines", name=lora_label,
+        lsv = lsv[lsv > 0]  # a rank-r' matrix has r' non-zero values; zeros cannot sit on a log axis
+        fig.add_trace(go.Scatter(x=np.arange(1, lsv.size + 1), y=lsv, mode="lines+markers", name=lora_label,
                                  line={"color": _METHOD_COLORS["lora"], "dash": "dash"}))
     fig.update_yaxes(type="log", title_text="singular value", exponentformat="e")
     fig.update_xaxes(title_text="index")

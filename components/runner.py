@@ -80,6 +80,7 @@ class SetupForm:
     seed: int = 0
     device: str = "auto"
     max_train_samples: int | None = None
+    probe_size: int = 64
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -98,7 +99,7 @@ class SetupForm:
             epochs=_as_int("epochs", self.epochs), batch_size=_as_int("batch size", self.batch_size),
             seed=_as_int("seed", self.seed), device=self.device,
             warmup_epochs=min(1, max(0, _as_int("epochs", self.epochs) - 1)),
-            max_train_samples=max_samples or None,
+            max_train_samples=max_samples or None, probe_size=_as_int("probe images", self.probe_size),
         )
 
 
@@ -263,6 +264,7 @@ class Runner:
         self._templates: _LRU = _LRU(3)  # (backbone, arch, classes) -> nn.Module built without weights
         self._counts: _LRU = _LRU(256)  # (template key, method config) -> ParamCount
         self._models: _LRU = _LRU(2)  # predictor key -> loaded predictor
+        self._examples: _LRU = _LRU(4)  # dataset spec -> example images
         self._metrics: dict[str, tuple[int, list[dict], list[dict], dict | None]] = {}
 
     # ------------------------------------------------------------------ catalogues
@@ -282,6 +284,12 @@ class Runner:
 
         return [(f"{d['name']} ({d.get('num_classes', '?')} classes) — {d.get('description', '')}", d["name"])
                 for d in list_datasets() if d.get("embedded", True)]
+
+    @staticmethod
+    def torchvision_choices() -> list[str]:
+        from karst.data import list_datasets
+
+        return [d["name"].removeprefix("torchvision:") for d in list_datasets() if d["name"].startswith("torchvision:")]
 
     @staticmethod
     def _num_classes(dataset: str) -> int | None:
@@ -391,7 +399,7 @@ class Runner:
             summary = r.get("summary") or {}
             acc = summary.get("test_acc") if summary.get("test_acc") is not None else summary.get("val_acc")
             tail = f" · {fmt.percent(acc)}" if acc is not None else ""
-            label = f"{fmt.STATUS_ICONS.get(state, '')} {r['run_id']} · {_method_label(cfg)} · {state}{tail}"
+            label = f"{r['run_id']} · {_method_label(cfg)} · {state}{tail}"
             out.append((label, r["run_id"]))
         return out
 
@@ -576,16 +584,20 @@ class Runner:
                     shutil.copyfile(src, dst)
         return target
 
-    def example_images(self, run_id: str | None, dataset: str | None, n: int = 8) -> list[Image.Image]:
-        """A few images of the run's dataset (or the given one) to predict on with one click."""
+    def example_images(self, run_id: str | None, dataset: str | None = None, n: int = 8) -> list[Image.Image]:
+        """A few images of the run's dataset (or ``dataset``) to predict on with one click (cached)."""
         from karst.data import load_dataset
 
-        spec = dataset
-        if run_id:
-            spec = self.store.read_config(run_id).dataset
+        spec = self.store.read_config(run_id).dataset if run_id else dataset
         if not spec:
             return []
-        return load_dataset(spec, transform=None).example_images(n)
+        with self._lock:
+            cached = self._examples.get(spec)
+        if cached is None:
+            cached = load_dataset(spec, transform=None).example_images(n)
+            with self._lock:
+                self._examples.put(spec, cached)
+        return cached
 
 
 def _method_label(cfg: dict[str, Any]) -> str:

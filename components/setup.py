@@ -63,8 +63,9 @@ def build(runner: Runner) -> SetupPanel:
                                                placeholder="/data/my_images (one sub-folder per class)")
                 f["dataset_zip"] = gr.File(label="Zip with one sub-folder per class", file_types=[".zip"],
                                            type="filepath", visible=False, elem_id="dataset-zip")
-                f["torchvision_name"] = gr.Textbox(label="torchvision dataset", visible=False,
-                                                   placeholder="CIFAR10", elem_id="torchvision-name")
+                f["torchvision_name"] = gr.Dropdown(runner.torchvision_choices(), value=None, visible=False,
+                                                    allow_custom_value=True, elem_id="torchvision-name",
+                                                    label="torchvision dataset (downloaded on first use)")
             with gr.Group():
                 f["method"] = gr.Radio(_METHODS, value=d.method, label="Method", elem_id="method")
                 method_note = gr.Markdown(texts.METHOD_NOTES[d.method], latex_delimiters=texts.LATEX_DELIMITERS)
@@ -85,8 +86,11 @@ def build(runner: Runner) -> SetupPanel:
                 f["device"] = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value=d.device, label="Device",
                                           elem_id="device")
             with gr.Accordion("More", open=False):
-                f["max_train_samples"] = gr.Number(None, label="Use at most this many training images (empty = all)",
-                                                   precision=0, minimum=1, elem_id="max-train-samples")
+                with gr.Row():
+                    f["max_train_samples"] = gr.Number(None, precision=0, minimum=1, elem_id="max-train-samples",
+                                                       label="Use at most this many training images (empty = all)")
+                    f["probe_size"] = gr.Number(d.probe_size, precision=0, minimum=1, elem_id="probe-size",
+                                                label="Probe images for the alignment statistics")
             check = gr.Markdown("Checking settings…", elem_id="settings-check")
             launch = gr.Button("▶ Launch", variant="primary", elem_id="launch")
         with gr.Column(scale=2):

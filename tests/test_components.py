@@ -20,7 +20,7 @@ from karst.errors import ConfigError, DataError, KarstError
 
 
 # ---------------------------------------------------------------------------- plots
-@pytest.mark.parametrize("shape,max_side,factor", [((8, 8), 160, 1), ((768, 3072), 160, 20), ((161, 5), 160, 2)])
+@pytest.mark.parametrize("shape,max_side,factor", [((8, 8), 160, 1), ((768, 3072), 192, 16), ((193, 5), 192, 2)])
 def test_downsample_bounds_size_and_reports_factor(shape, max_side, factor):
     a = np.random.default_rng(0).normal(size=shape)
     small, f = plots.downsample(a, max_side)
