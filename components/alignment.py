@@ -13,7 +13,7 @@ from .guard import guarded
 from .runner import Runner
 from .wiring import follow_run
 
-__all__ = ["AlignmentPanel", "build", "bind", "options", "render", "TAB_ID"]
+__all__ = ["AlignmentPanel", "build", "bind", "open_view", "render", "TAB_ID"]
 
 TAB_ID = "alignment"
 
@@ -52,12 +52,15 @@ def build() -> AlignmentPanel:
     return AlignmentPanel(layer, epoch, stats, gap, rescale, summary)
 
 
-def options(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
+def _pick(runner: Runner, run_id: str | None, layer: str | None) -> tuple[list[str], str | None, list[int]]:
     if not run_id:
-        return gr.Dropdown(choices=[], value=None), gr.Slider(maximum=1, value=0)
+        return [], None, []
     layers, epochs, _ = runner.inspect_options(run_id, stats=True)
-    chosen = layer if layer in layers else (layers[0] if layers else None)
-    last = max(epochs) if epochs else 0
+    return layers, (layer if layer in layers else (layers[0] if layers else None)), epochs
+
+
+def _controls(layers: list[str], chosen: str | None, epochs: list[int]) -> tuple:
+    last = max(epochs, default=0)
     return (gr.Dropdown(choices=layers, value=chosen),
             gr.Slider(minimum=min(epochs, default=0), maximum=max(last, 1), value=last))
 
@@ -79,9 +82,9 @@ def render(runner: Runner, run_id: str | None, layer: str | None, epoch: float) 
 
 def open_view(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
     """Controls for the run and the views they select, in one round trip."""
-    controls = options(runner, run_id, layer)
-    chosen = controls[0].value if run_id else None
-    return (*controls, *render(runner, run_id, chosen, controls[1].value or 0))
+    picked = _pick(runner, run_id, layer)
+    _, chosen, epochs = picked
+    return (*_controls(*picked), *render(runner, run_id, chosen, max(epochs, default=0)))
 
 
 def bind(p: AlignmentPanel, runner: Runner, run: gr.Dropdown, tab: gr.Tab, current_tab: gr.State) -> None:

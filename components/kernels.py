@@ -13,7 +13,7 @@ from .guard import guarded
 from .runner import Runner
 from .wiring import follow_run
 
-__all__ = ["KernelsPanel", "build", "options", "render", "TAB_ID"]
+__all__ = ["KernelsPanel", "build", "open_view", "render", "TAB_ID"]
 
 TAB_ID = "kernels"
 
@@ -60,15 +60,17 @@ def build() -> KernelsPanel:
     return KernelsPanel(layer, kernel, epoch, c, ab, kron, delta, spectrum, note)
 
 
-def options(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
-    """Layer choices, kernel range and the epoch slider (set to the latest epoch) for a run."""
+def _pick(runner: Runner, run_id: str | None, layer: str | None) -> tuple[list[str], str | None, int, list[int]]:
     if not run_id:
-        return gr.Dropdown(choices=[], value=None), gr.Slider(maximum=1, value=1), gr.Slider(maximum=1, value=0)
+        return [], None, 1, []
     layers, epochs, n_kernels = runner.inspect_options(run_id)
-    chosen = layer if layer in layers else (layers[0] if layers else None)
-    last = max(epochs) if epochs else 0
+    return layers, (layer if layer in layers else (layers[0] if layers else None)), n_kernels, epochs
+
+
+def _controls(layers: list[str], chosen: str | None, n_kernels: int, epochs: list[int]) -> tuple:
+    last = max(epochs, default=0)
     return (gr.Dropdown(choices=layers, value=chosen),
-            gr.Slider(minimum=1, maximum=max(n_kernels, 1), value=1, interactive=n_kernels > 1),
+            gr.Slider(minimum=1, maximum=max(n_kernels, 2), value=1, interactive=n_kernels > 1),
             gr.Slider(minimum=min(epochs, default=0), maximum=max(last, 1), value=last))
 
 
@@ -92,9 +94,9 @@ def render(runner: Runner, run_id: str | None, layer: str | None, kernel: float,
 
 def open_view(runner: Runner, run_id: str | None, layer: str | None) -> tuple:
     """Controls for the run and the views they select, in one round trip."""
-    controls = options(runner, run_id, layer)
-    chosen = controls[0].value if run_id else None
-    return (*controls, *render(runner, run_id, chosen, 1, controls[2].value or 0))
+    picked = _pick(runner, run_id, layer)
+    layers, chosen, _, epochs = picked
+    return (*_controls(*picked), *render(runner, run_id, chosen, 1, max(epochs, default=0)))
 
 
 def bind(p: KernelsPanel, runner: Runner, run: gr.Dropdown, tab: gr.Tab, current_tab: gr.State) -> None:
