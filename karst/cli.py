@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for field, (flag, kind, text) in _TRAIN_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default {getattr(defaults, field)})")
+    p.add_argument("--random-init", dest="pretrained", action="store_const", const=False, default=None,
+                   help="the backbone's architecture with random weights (no download)")
     p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields; flags override it")
     p.add_argument("--runs-dir", default=_default_runs_dir())
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the last stdout line)")
@@ -102,12 +104,14 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         try:
             data = json.loads(args.config.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"--config {args.config} does not exist; give a JSON file of TrainConfig fields.") from None
+            raise ConfigError(
+                f"--config {args.config} does not exist; give a JSON file of TrainConfig fields."
+            ) from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config {args.config} is not valid JSON ({e.msg} at line {e.lineno}).") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--config {args.config} must hold a JSON object of TrainConfig fields.")
-    for field in _TRAIN_FLAGS:
+    for field in (*_TRAIN_FLAGS, "pretrained"):
         value = getattr(args, field)
         if value is not None:
             data[field] = value
@@ -219,14 +223,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs in {args.runs_dir}")
         return 0
     print(f"{'run':38} {'status':11} {'val':>6} {'test':>6} {'trainable':>10} {'secs':>7}")
+    def num(summary: dict, key: str, fmt: str) -> str:
+        return format(summary[key], fmt) if summary.get(key) is not None else "-"
+
     for r in runs:
         s = r["summary"] or {}
-
-        def num(key: str, fmt: str) -> str:
-            return format(s[key], fmt) if s.get(key) is not None else "-"
-
-        print(f"{r['run_id']:38} {r['status']['status']:11} {num('val_acc', '.3f'):>6} {num('test_acc', '.3f'):>6} "
-              f"{num('trainable_params', ','):>10} {num('seconds', '.1f'):>7}")
+        print(f"{r['run_id']:38} {r['status']['status']:11} {num(s, 'val_acc', '.3f'):>6} "
+              f"{num(s, 'test_acc', '.3f'):>6} {num(s, 'trainable_params', ','):>10} {num(s, 'seconds', '.1f'):>7}")
     return 0
 
 

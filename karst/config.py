@@ -113,6 +113,7 @@ class TrainConfig:
 
     backbone: str = DEFAULT_BACKBONE  # embedded name, timm model name, or path to a weight file
     backbone_arch: str | None = None  # timm architecture of a local weight file
+    pretrained: bool = True  # False: same architecture, random weights (baseline, offline speed tests)
     dataset: str = DEFAULT_DATASET  # embedded task name, folder, zip, VTAB-1K folder or torchvision:NAME
     method: MethodName = "karst"
     n_kernels: int = 2  # N
@@ -143,6 +144,8 @@ class TrainConfig:
         _choice("method", self.method, MethodName)
         _choice("rescale", self.rescale, Rescale)
         _choice("device", self.device, DeviceName)
+        if not isinstance(self.pretrained, bool):
+            raise ConfigError(f"pretrained={self.pretrained!r} must be true or false.")
         for name in ("n_kernels", "stack_dim", "rank", "epochs", "batch_size", "probe_size"):
             _positive_int(name, getattr(self, name))
         for name in ("warmup_epochs", "seed", "num_workers"):

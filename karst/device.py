@@ -7,7 +7,7 @@ loss scaling needed, unlike fp16); CPU and MPS runs stay in fp32 so CPU results 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -64,7 +64,7 @@ def device_key(device: torch.device) -> str:
     return device.type
 
 
-def autocast(device: torch.device) -> ContextManager:
+def autocast(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA; a no-op elsewhere (CPU runs must be exactly reproducible)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -91,7 +91,9 @@ def _adapter_metadata(method: str, class_names: Sequence[str], config: dict | No
     return meta
 
 
-def export_result(run_dir: str | Path, result: Any, *, merged: bool = True, run_id: str | None = None) -> dict[str, str]:
+def export_result(
+    run_dir: str | Path, result: Any, *, merged: bool = True, run_id: str | None = None
+) -> dict[str, str]:
     """Write ``adapter.safetensors`` (and the merged pair) for a just-finished ``TrainResult``."""
     run_dir = Path(run_dir)
     method = result.method
@@ -139,8 +141,10 @@ def load_run(run: str | Path, runs_dir: str | Path | None = None, device: str = 
     if "class_names" not in metadata:
         raise RunError(f"{checkpoint} does not record its class names; it was not written by karst.")
     class_names = json.loads(metadata["class_names"])
+    # Same seed and creation order as the trainer: a random-init backbone (pretrained=False)
+    # gets the very W0 the adapter was trained on.
     torch.manual_seed(config.seed)
-    backbone = load_backbone(config.backbone, num_classes=1, arch=config.backbone_arch)
+    backbone = load_backbone(config.backbone, num_classes=1, pretrained=config.pretrained, arch=config.backbone_arch)
     backbone.model.reset_classifier(len(class_names))
     method = build_method(backbone.model, config.method_config())
     params = dict(method.model.named_parameters())
@@ -178,7 +182,9 @@ def load_merged(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             header = (f.metadata() or {}).get("karst_export")
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise RunError(f"{path.name} is not a readable safetensors file ({e}); export a run with `karst export`.") from None
+        raise RunError(
+            f"{path.name} is not a readable safetensors file ({e}); export a run with `karst export`."
+        ) from None
     sidecar = path.with_suffix(".json")
     meta = read_json(sidecar) if sidecar.is_file() else (json.loads(header) if header else None)
     if not meta or meta.get("format") != EXPORT_FORMAT:

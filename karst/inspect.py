@@ -241,7 +241,8 @@ def alignment_view(run: str | Path, layer: str, epoch: int | None = None) -> dic
     data = _stats_file(run, epoch)
     entry = data["layers"].get(layer)
     if entry is None:
-        raise RunError(f"{layer!r} has no statistics in run {run.name}; pick one of {', '.join(list(data['layers'])[:4])}, ...")
+        known = ", ".join(list(data["layers"])[:4])
+        raise RunError(f"{layer!r} has no statistics in run {run.name}; pick one of {known}, ...")
     stats = {
         label: {"mean": decode_array(entry[f"{key}_mean"]), "std": decode_array(entry[f"{key}_std"])}
         for key, label in STAT_LABELS.items()

@@ -89,8 +89,8 @@ def execute_run(
 
     dev_lock = None
     try:
-        config = store.read_config(run_id)
         try:
+            config = store.read_config(run_id)
             device = resolve_device(config.device)
         except KarstError as e:
             summary = _finish_unstarted(store, run_id, "failed", str(e))
@@ -175,16 +175,20 @@ def run_worker(runs_dir: str | Path, poll_s: float = _POLL_S, idle_exit_s: float
     idle_since = time.monotonic()
     try:
         while not stopping:
-            run_id = _claim_next(store)
-            if run_id is None:
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                    break
+            try:
+                claimed = _claim_next(store)
+                if claimed is None:
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    time.sleep(poll_s)
+                    continue
+                run_id, run_lock = claimed
+                print(f"starting {run_id}", file=sys.stderr, flush=True)
+                summary = execute_run(store, run_id, run_lock, stop_flag=lambda: stopping)
+                print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
+            except Exception:  # e.g. a run folder deleted by hand mid-scan: log it, keep serving
+                traceback.print_exc(file=sys.stderr)
                 time.sleep(poll_s)
-                continue
-            run_id, run_lock = run_id
-            print(f"starting {run_id}", file=sys.stderr, flush=True)
-            summary = execute_run(store, run_id, run_lock, stop_flag=lambda: stopping)
-            print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
             idle_since = time.monotonic()
     finally:
         lock.release()
@@ -274,7 +278,8 @@ class JobManager:
             if pid:
                 return pid
             if proc.poll() is not None and not self.worker_alive():
-                raise KarstError(f"the worker exited at once (code {proc.returncode}); see {self.root / '.worker.log'}.")
+                log = self.root / ".worker.log"
+                raise KarstError(f"the worker exited at once (code {proc.returncode}); see {log}.")
             time.sleep(0.05)
         raise KarstError(f"the worker did not start within {wait_s:.0f} s; see {self.root / '.worker.log'}.")
 

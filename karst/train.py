@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import TrainConfig
 from .device import autocast, describe_device, resolve_device
-from .errors import KarstError
+from .errors import DataError, KarstError
 from .model import karst_layers
 
 __all__ = ["train", "Callback", "Progress", "TrainResult", "feature_stats", "snapshot_tensors", "seed_everything"]
@@ -119,8 +119,9 @@ def feature_stats(
 
     For every ``KarstLinear`` a forward hook catches the layer's input and runs
     ``forward_parts`` on it: W0x+b0 (``base``), +ΔWx (``pre``, before re-scaling) and the layer
-    output (``out``). Statistics are over all tokens of all probe images, accumulated in float64
-    chunk by chunk, so memory stays at one chunk's activations.
+    output (``out``). Statistics are over all tokens of all probe images: each chunk's mean and
+    variance in float32, merged across chunks in float64 (Chan et al.'s pairwise update), so memory
+    stays at one chunk's activations and no activation is ever copied to float64.
 
     Returns:
         ``{layer: {"base_mean", "base_std", "pre_mean", "pre_std", "out_mean", "out_std"}}``,
@@ -129,18 +130,25 @@ def feature_stats(
     layers = karst_layers(model)
     if not layers or len(probe) == 0:
         return {}
-    acc: dict[str, dict[str, list]] = {}
+    acc: dict[str, dict[str, list]] = {}  # layer -> part -> [count, mean, sum of squared deviations]
 
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            parts = module.forward_parts(inputs[0])
+            base, pre, _ = module.forward_parts(inputs[0])
             slot = acc.setdefault(name, {})
-            for key, t in zip(("base", "pre", "out"), parts):
-                t = t.detach().reshape(-1, t.shape[-1]).double()  # (tokens, d_out)
-                s = slot.setdefault(key, [0, 0.0, 0.0])
-                s[0] += t.shape[0]
-                s[1] = s[1] + t.sum(0)
-                s[2] = s[2] + (t * t).sum(0)
+            # The re-scaled output is a per-channel affine map of `pre`, so its statistics follow
+            # exactly from pre's (below): two reductions over the activations instead of three.
+            for key, t in (("base", base), ("pre", pre)):
+                t = t.detach().reshape(-1, t.shape[-1]).float()  # (tokens, d_out)
+                var_b, mean_b = torch.var_mean(t, dim=0, correction=0)
+                n_b, mean_b, m2_b = t.shape[0], mean_b.double(), var_b.double() * t.shape[0]
+                if key not in slot:
+                    slot[key] = [n_b, mean_b, m2_b]
+                    continue
+                n_a, mean_a, m2_a = slot[key]
+                n = n_a + n_b
+                delta = mean_b - mean_a
+                slot[key] = [n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)]
 
         return hook
 
@@ -158,11 +166,18 @@ def feature_stats(
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, slot in acc.items():
         entry = {}
-        for key, (n, s, ss) in slot.items():
-            mean = s / n
-            var = (ss / n - mean * mean).clamp_min(0.0)
+        for key, (n, mean, m2) in slot.items():
             entry[f"{key}_mean"] = mean.float().cpu().numpy()
-            entry[f"{key}_std"] = var.sqrt().float().cpu().numpy()
+            entry[f"{key}_std"] = (m2 / n).clamp_min(0.0).sqrt().float().cpu().numpy()
+        layer = layers[name]
+        if layer.s1 is None:
+            entry["out_mean"], entry["out_std"] = entry["pre_mean"].copy(), entry["pre_std"].copy()
+        else:
+            # out = (1 + s1) ⊙ pre + s2  ⇒  μ_out = (1 + s1) μ_pre + s2,  σ_out = |1 + s1| σ_pre.
+            scale = (1.0 + layer.s1.detach().double().cpu()).numpy()
+            shift = layer.s2.detach().double().cpu().numpy()
+            entry["out_mean"] = (scale * entry["pre_mean"] + shift).astype(np.float32)
+            entry["out_std"] = (np.abs(scale) * entry["pre_std"]).astype(np.float32)
         out[name] = entry
     return out
 
@@ -285,7 +300,11 @@ def _run(
     # The class count is only known after the data, and the data needs the backbone's transform:
     # build with a 1-way head, then give it the right one (seeded, so still reproducible).
     backbone = load_backbone(
-        config.backbone, num_classes=1, arch=config.backbone_arch, drop_path_rate=config.drop_path
+        config.backbone,
+        num_classes=1,
+        pretrained=config.pretrained,
+        arch=config.backbone_arch,
+        drop_path_rate=config.drop_path,
     )
     emit("on_phase", f"loading dataset {config.dataset}")
     bundle = load_dataset(config.dataset, transform=backbone.transform(), seed=config.seed)
@@ -298,7 +317,7 @@ def _run(
 
     train_set = _subset(bundle.train, config.max_train_samples, config.seed)
     if len(train_set) == 0:
-        raise KarstError(f"dataset {config.dataset!r} has no training images; check the path or split files.")
+        raise DataError(f"dataset {config.dataset!r} has no training images; check the path or split files.")
     pin = device.type == "cuda"
     loader = DataLoader(
         train_set,
@@ -431,7 +450,9 @@ def _run(
                 t_step = time.perf_counter()
             val_loss, val_acc = _evaluate(model, val_loader, device)
             best_val = val_acc if best_val is None or val_acc > best_val else best_val
-            summary.update(epochs_done=epoch + 1, val_acc=_finite_or_none(val_acc), best_val_acc=_finite_or_none(best_val))
+            summary.update(
+                epochs_done=epoch + 1, val_acc=_finite_or_none(val_acc), best_val_acc=_finite_or_none(best_val)
+            )
             elapsed = time.perf_counter() - t_train
             emit(
                 "on_epoch",
@@ -445,7 +466,9 @@ def _run(
                     "elapsed_s": round(elapsed, 3),
                     "t": time.time(),
                 },
-                Progress(step, total_steps, epoch + 1, config.epochs, elapsed, elapsed / max(step, 1) * (total_steps - step)),
+                Progress(
+                    step, total_steps, epoch + 1, config.epochs, elapsed, elapsed / max(step, 1) * (total_steps - step)
+                ),
             )
             snapshot(epoch + 1)
     except _Stop as stop:
@@ -459,7 +482,8 @@ def _run(
         emit("on_phase", "testing")
         test_loss, test_acc = _evaluate(model, test_loader, device)
         summary.update(status="completed", message="completed", test_acc=_finite_or_none(test_acc))
-        emit("on_test", {"type": "test", "test_acc": _finite_or_none(test_acc), "test_loss": _finite_or_none(test_loss), "t": time.time()})
+        test_record = {"type": "test", "test_acc": _finite_or_none(test_acc), "test_loss": _finite_or_none(test_loss)}
+        emit("on_test", {**test_record, "t": time.time()})
     total = time.perf_counter() - t_start
     summary.update(
         steps=step,

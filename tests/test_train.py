@@ -169,9 +169,8 @@ def test_bad_settings_fail_the_run_with_the_error(tmp_path: Path) -> None:
 
 
 def test_feature_stats_match_forward_parts() -> None:
-    from engine_helpers import TINY_ARCH
-
     import timm
+    from engine_helpers import TINY_ARCH
 
     torch.manual_seed(0)
     model = timm.create_model(TINY_ARCH["model_name"], num_classes=3, **TINY_ARCH["kwargs"])
