@@ -64,6 +64,17 @@ def kron_delta(C: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tenso
     return torch.einsum("nab,npq->apbq", C, D).reshape(m * p, m * k)
 
 
+def _pre_rescale(x2: torch.Tensor, weight, bias, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """z = W0 x + b0 + ΔW x for tokens x2 (T, d_in), as a fresh (T, d_out) tensor."""
+    n, r = A.shape[0], A.shape[2]
+    _, V = _down_mix(x2, C, B)
+    z = F.linear(x2, weight, bias)
+    # ΔW x accumulates into z inside the up-projection GEMM (no (T, d_out) temporary).
+    # In-place ops are not autocast: cast to z's dtype (bf16 under autocast) as matmul would.
+    z.view(-1, A.shape[1]).addmm_(V.reshape(-1, n * r).to(z.dtype), _flat_A(A).to(z.dtype))
+    return z
+
+
 class KronRescaleFunction(torch.autograd.Function):
     """y = scale ⊙ (x W0ᵀ + b0 + ΔW x) + shift, saving only x and y for the backward pass.
 
@@ -76,33 +87,34 @@ class KronRescaleFunction(torch.autograd.Function):
     residual add, which saves nothing) it is the price of training s1. A frozen ``F.linear`` saves
     no activation at all, so x is kept only for the adapter (∂L/∂B). The low-rank intermediates
     U, V (m·N·r per token) are recomputed from x in backward: a few % of the layer's FLOPs.
+
+    ``recompute_output=True`` (optional last argument) keeps only x and recomputes z in backward
+    with the forward's own ops (the very values the forward scaled): one more frozen GEMM
+    for this layer in exchange for d_out values per token. Worth it only where nothing downstream
+    saves y anyway (proj and fc2 in a ViT block, whose outputs go into a residual add).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, C, A, B, s1, s2):  # noqa: D401 - autograd signature
+    def forward(ctx, x, weight, bias, C, A, B, s1, s2, recompute_output=False):  # noqa: D401
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # (T, d_in): a view unless x is non-contiguous
-        _, V = _down_mix(x2, C, B)
-        n, m, _ = C.shape
-        z = F.linear(x2, weight, bias)  # (T, d_out)
-        # ΔW x accumulates into z inside the up-projection GEMM (no (T, d_out) temporary).
-        # In-place ops are not autocast: cast to z's dtype (bf16 under autocast) as matmul would.
-        z.view(-1, A.shape[1]).addmm_(V.reshape(-1, n * A.shape[2]).to(z.dtype), _flat_A(A).to(z.dtype))
+        z = _pre_rescale(x2, weight, bias, C, A, B)
         # Save x itself, not x2: if x2 is a copy of a non-contiguous x, saving it would keep a
         # second (T, d_in) tensor alive next to the one the caller holds.
+        ctx.recompute = bool(recompute_output) and s1 is not None
         if s1 is not None:
             y = torch.addcmul(s2.to(z.dtype), z, (1.0 + s1).to(z.dtype))
-            ctx.save_for_backward(x, y, C, A, B, s1, s2, weight)
+            ctx.save_for_backward(x, None if ctx.recompute else y, C, A, B, s1, s2, weight, bias)
         else:
             y = z
-            ctx.save_for_backward(x, None, C, A, B, None, None, weight)
+            ctx.save_for_backward(x, None, C, A, B, None, None, weight, None)
         return y.view(*lead, y.shape[-1])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x, y, C, A, B, s1, s2, weight = ctx.saved_tensors
+        x, y, C, A, B, s1, s2, weight, bias = ctx.saved_tensors
         n, m, _ = C.shape
         p, r = A.shape[1], A.shape[2]
         k = B.shape[2]
@@ -112,13 +124,19 @@ class KronRescaleFunction(torch.autograd.Function):
         if s1 is not None:
             scale = 1.0 + s1
             if ctx.needs_input_grad[6]:
-                # ∂L/∂s1 = Σ_t g ⊙ z with z = (y - s2) / (1 + s1) recovered from the saved output
-                # instead of being kept alive. The division moves after the sum over tokens (one
-                # (d_out,) division instead of T·d_out) and the product runs in place, so the
-                # backward holds one (T, d_out) temporary and makes one pass fewer.
-                gz = torch.sub(y, s2).mul_(g).sum(0)
-                gz = gz.sum().reshape(1) if s1.numel() == 1 else gz
-                grad_s1 = gz / scale
+                # ∂L/∂s1 = Σ_t g ⊙ z. Either recompute z exactly as the forward did, or recover it
+                # from the saved output, z = (y - s2) / (1 + s1), with the division moved after the
+                # sum over tokens (one (d_out,) division instead of T·d_out). Products run in place:
+                # one (T, d_out) temporary.
+                if ctx.recompute:
+                    z = _pre_rescale(x.reshape(t, -1), weight, bias, C, A, B)
+                    gz = z.to(torch.promote_types(z.dtype, s1.dtype)).mul_(g).sum(0)
+                    gz = gz.sum().reshape(1) if s1.numel() == 1 else gz
+                    grad_s1 = gz
+                else:
+                    gz = torch.sub(y, s2).mul_(g).sum(0)
+                    gz = gz.sum().reshape(1) if s1.numel() == 1 else gz
+                    grad_s1 = gz / scale
             if ctx.needs_input_grad[7]:
                 grad_s2 = g.sum(0)
                 grad_s2 = grad_s2.sum().reshape(1) if s2.numel() == 1 else grad_s2
@@ -155,4 +173,5 @@ class KronRescaleFunction(torch.autograd.Function):
             cast(grad_B, B),
             cast(grad_s1, s1) if s1 is not None else None,
             cast(grad_s2, s2) if s2 is not None else None,
+            None,
         )

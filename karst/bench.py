@@ -3,8 +3,9 @@
 Every method is built on a copy of the same randomly initialised backbone (``pretrained=False``:
 speed and memory do not depend on the weights) and trained on the same random batch. Methods are
 timed round-robin, one step each per round, so that a noisy shared machine slows them alike; the
-table reports medians. One training step = forward + backward + AdamW step (timm's
-``create_optimizer_v2``, as in :mod:`karst.train`).
+table gives the median ms/step and, as "× LoRA", the median over rounds of each round's ratio
+(:func:`paired_ratio`), which cancels load changes that last a round. One training step =
+forward + backward + AdamW step (timm's ``create_optimizer_v2``, as in :mod:`karst.train`).
 
 Peak memory, measured in a separate, untimed step per method:
 
@@ -55,6 +56,7 @@ __all__ = [
     "format_table",
     "peak_tensor_bytes",
     "saved_tensor_bytes",
+    "paired_ratio",
     "main",
 ]
 
@@ -282,6 +284,15 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def paired_ratio(values: Sequence[float], reference: Sequence[float]) -> float:
+    """Median over rounds of values[i] / reference[i].
+
+    Both were measured in the same round, moments apart, so a slow-down of the shared machine that
+    lasts a round cancels out; a ratio of medians would let it through.
+    """
+    return statistics.median(a / b for a, b in zip(values, reference, strict=True))
+
+
 # -- the benchmark ------------------------------------------------------------------------------
 
 
@@ -388,7 +399,6 @@ def run_benchmark(
             say(f"{model_name}: inference timed")
 
         ref = next((c for c in cases if c.method == _REFERENCE), None)
-        ref_ms = _median(ref.step_ms) if ref else None
         ref_mem = mem.get(_REFERENCE, (None,))[0]
         base_infer = _median(base_ms) if base_ms else None
         kind = (
@@ -400,6 +410,7 @@ def run_benchmark(
             ms = _median(case.step_ms)
             peak, saved = mem.get(case.method, (None, None))
             infer = _median(case.infer_ms) if case.infer_ms else None
+            infer_ratio = paired_ratio(case.infer_ms, base_ms) if case.infer_ms and base_ms else None
             rows.append(
                 {
                     "model": model_name,
@@ -407,12 +418,12 @@ def run_benchmark(
                     "trainable_params": case.trainable,
                     "total_params": case.total,
                     "ms_step": ms,
-                    "ms_step_vs_lora": ms / ref_ms if ref_ms else None,
+                    "ms_step_vs_lora": paired_ratio(case.step_ms, ref.step_ms) if ref else None,
                     "peak_mb": peak / 2**20 if peak is not None else None,
                     "peak_vs_lora": peak / ref_mem if peak is not None and ref_mem else None,
                     "saved_mb": saved / 2**20 if saved is not None else None,
                     "infer_ms": infer,
-                    "infer_vs_base": infer / base_infer if infer and base_infer else None,
+                    "infer_vs_base": infer_ratio,
                     "base_infer_ms": base_infer,
                     "merge_max_abs_err": merge_err.get(case.method),
                     "step_ms_all": [round(v, 2) for v in case.step_ms],

@@ -142,3 +142,28 @@ def test_fused_path_under_bf16_autocast(rescale):
     for name in grads_a:
         assert grads_f[name].dtype == grads_a[name].dtype, name
         torch.testing.assert_close(grads_f[name].float(), grads_a[name].float(), rtol=0.05, atol=0.2, msg=name)
+
+
+@pytest.mark.parametrize("rescale", ["channel", "scalar"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_path_recompute_output(rescale, dtype):
+    # The opt-in mode keeps only x and recomputes z in backward: same gradients, less saved.
+    from karst._kron import KronRescaleFunction
+
+    layer = _layer(rescale, dtype, d_in=24, d_out=36)
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 24, dtype=dtype)
+    _, grads_a = _grads(layer, x, fused=False)
+    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
+    xg = x.clone().requires_grad_(True)
+    base = layer.base
+    saved, out = saved_tensor_bytes(
+        lambda: KronRescaleFunction.apply(xg, base.weight, base.bias, *params[:3], *params[3:], True),
+        exclude=list(layer.parameters()),
+    )
+    assert saved == x.numel() * x.element_size()
+    weight = torch.linspace(-1.0, 1.0, out.numel(), dtype=dtype).view(out.shape)
+    grads = torch.autograd.grad((out * weight).sum(), [xg, *params])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for name, grad in zip(["x", "C", "A", "B", "s1", "s2"], grads):
+        torch.testing.assert_close(grad, grads_a[name], **tol, msg=name)
