@@ -96,7 +96,14 @@ def test_peak_tensor_bytes_counts_live_temporaries():
 def test_run_benchmark_smoke():
     methods = list(METHOD_SPECS)
     rows = run_benchmark(
-        ["vit_tiny_patch16_224"], methods, device="cpu", batch_size=2, steps=1, warmup=1, model_kwargs=TINY_VIT
+        ["vit_tiny_patch16_224"],
+        methods,
+        device="cpu",
+        batch_size=2,
+        steps=2,
+        warmup=1,
+        model_kwargs=TINY_VIT,
+        clock="cpu",
     )
     assert [r["method"] for r in rows] == methods
     by = {r["method"]: r for r in rows}
