@@ -168,7 +168,10 @@ def run_worker(runs_dir: str | Path, poll_s: float = _POLL_S, idle_exit_s: float
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     atomic_write_json(store.root / ".worker.json", {"pid": os.getpid(), "started_at": time.time()})
-    # Import the heavy machinery now, so a submitted run starts training within a second or two.
+    # Import the heavy machinery now, so a submitted run starts training within a second or two
+    # (peft too: LoRA/LoKr runs would otherwise pay for its import on their first step).
+    import peft  # noqa: F401
+
     from . import backbones, data, methods, train  # noqa: F401
 
     print(f"karst worker {os.getpid()} serving {store.root.resolve()}", file=sys.stderr, flush=True)

@@ -113,15 +113,20 @@ def snapshot_tensors(method: Any) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def feature_stats(
-    model: nn.Module, probe: torch.Tensor, device: torch.device, chunk: int = 32
+    model: nn.Module, probe: torch.Tensor, device: torch.device, chunk: int = 32, max_tokens: int | None = 2048
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per-channel mean and std of each KARST layer's three outputs on ``probe``.
 
     For every ``KarstLinear`` a forward hook catches the layer's input and runs
     ``forward_parts`` on it: W0x+b0 (``base``), +ΔWx (``pre``, before re-scaling) and the layer
-    output (``out``). Statistics are over all tokens of all probe images: each chunk's mean and
-    variance in float32, merged across chunks in float64 (Chan et al.'s pairwise update), so memory
-    stays at one chunk's activations and no activation is ever copied to float64.
+    output (``out``). Each chunk's mean and variance are taken in float32 and merged across
+    chunks in float64 (Chan et al.'s pairwise update), so memory stays at one chunk's activations.
+
+    Cost: ``forward_parts`` and the reductions run on every ``s``-th token of the flattened
+    (image, token) axis, with the stride ``s`` chosen so that about ``max_tokens`` tokens are
+    used (``None``: all). The subset is fixed by the probe, so epochs stay comparable; 2048
+    tokens estimate a channel's std to about ±3 %, plenty for the plots, at a fraction of the
+    cost on a CPU (64 images of a ViT-B/16 have 12,608 tokens).
 
     Returns:
         ``{layer: {"base_mean", "base_std", "pre_mean", "pre_std", "out_mean", "out_std"}}``,
@@ -132,9 +137,15 @@ def feature_stats(
         return {}
     acc: dict[str, dict[str, list]] = {}  # layer -> part -> [count, mean, sum of squared deviations]
 
+    chunk_images = [0]  # images in the chunk being run (the hooks see tokens only)
+
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            base, pre, _ = module.forward_parts(inputs[0])
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])  # (images·tokens, d_in)
+            if max_tokens is not None:
+                total = x.shape[0] // chunk_images[0] * len(probe)
+                x = x[:: max(1, math.ceil(total / max_tokens))]
+            base, pre, _ = module.forward_parts(x)
             slot = acc.setdefault(name, {})
             # The re-scaled output is a per-channel affine map of `pre`, so its statistics follow
             # exactly from pre's (below): two reductions over the activations instead of three.
@@ -157,6 +168,7 @@ def feature_stats(
     model.eval()
     try:
         for i in range(0, len(probe), chunk):
+            chunk_images[0] = len(probe[i : i + chunk])
             with autocast(device):
                 model(probe[i : i + chunk].to(device))
     finally:

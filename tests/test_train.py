@@ -181,8 +181,9 @@ def test_feature_stats_match_forward_parts() -> None:
             layer.B.normal_(0, 0.5)
             layer.s1.normal_(0, 0.5)
             layer.s2.normal_(0, 0.5)
-    probe = torch.randn(10, 3, 32, 32)
+    probe = torch.randn(10, 3, 32, 32)  # 10 images x 17 tokens
     stats = feature_stats(model, probe, torch.device("cpu"), chunk=4)
+    strided = feature_stats(model, probe, torch.device("cpu"), chunk=10, max_tokens=50)  # every 4th token
     assert set(stats) == set(layers)
     # Reference: catch fc1's input in one forward pass and compute the statistics directly.
     caught = {}
@@ -196,10 +197,12 @@ def test_feature_stats_match_forward_parts() -> None:
         parts = layers["blocks.1.mlp.fc1"].forward_parts(caught["x"])
     handle.remove()
     for key, t in zip(("base", "pre", "out"), parts):
-        flat = t.reshape(-1, t.shape[-1]).double()
-        np.testing.assert_allclose(stats["blocks.1.mlp.fc1"][f"{key}_mean"], flat.mean(0).numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(stats["blocks.1.mlp.fc1"][f"{key}_std"], flat.std(0, correction=0).numpy(),
-                                   rtol=1e-4, atol=1e-5)
+        for got, flat in ((stats, t.reshape(-1, t.shape[-1])), (strided, t.reshape(-1, t.shape[-1])[::4])):
+            flat = flat.double()
+            np.testing.assert_allclose(got["blocks.1.mlp.fc1"][f"{key}_mean"], flat.mean(0).numpy(), rtol=1e-4,
+                                       atol=1e-5)
+            np.testing.assert_allclose(got["blocks.1.mlp.fc1"][f"{key}_std"], flat.std(0, correction=0).numpy(),
+                                       rtol=1e-4, atol=1e-5)
     assert not np.allclose(stats["blocks.1.mlp.fc1"]["pre_mean"], stats["blocks.1.mlp.fc1"]["out_mean"])
 
 
