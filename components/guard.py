@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,12 @@ from karst.errors import KarstError
 __all__ = ["guarded", "user_message"]
 
 log = logging.getLogger("karst.app")
+SLOW_S = 2.0
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return getattr(inner, "__qualname__", repr(inner))
 
 
 def user_message(err: BaseException) -> str:
@@ -34,14 +41,19 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except Exception as err:
             if not isinstance(err, KarstError):
-                log.exception("handler %s failed", getattr(fn, "__name__", fn))
+                log.exception("handler %s failed", _name(fn))
             # gr.Error renders HTML; messages may quote user input such as file names.
             raise gr.Error(html.escape(user_message(err)), print_exception=False) from None
+        finally:
+            took = time.perf_counter() - start
+            if took > SLOW_S:  # a slow view makes the page feel stuck: leave a trace for the operator
+                log.info("handler %s took %.1f s", _name(fn), took)
 
     return wrapper

@@ -215,7 +215,7 @@ def alignment_gap(epochs: Sequence[int], gaps: Mapping[str, Sequence[float]]) ->
     for label, ys in gaps.items():
         fig.add_trace(go.Scatter(x=list(epochs), y=list(ys), mode="lines+markers", name=label))
     fig.update_xaxes(title_text="epoch", dtick=1)
-    fig.update_yaxes(title_text="mean |Δμ| + |Δσ|")
+    fig.update_yaxes(title_text="gap (in units of mean σ⁰)")
     fig.update_layout(**_LAYOUT, height=300, title={"text": "gap to pre-trained statistics", "font": {"size": 13}})
     return fig
 

@@ -368,7 +368,10 @@ class Runner:
         """
         from karst.data.safety import IMAGE_SUFFIXES, safe_extract_zip
 
-        folder = safe_extract_zip(zip_path)
+        try:
+            folder = safe_extract_zip(zip_path)
+        except DataError as err:  # name the user's file, not the server's private upload path
+            raise DataError(str(err).replace(str(zip_path), Path(zip_path).name)) from None
         classes = [p for p in folder.iterdir() if p.is_dir()]
         images = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         return f"Zip checked: {images} images in {len(classes)} top-level folders."

@@ -86,8 +86,12 @@ On a fixed probe batch, the plots show per-channel mean $\mu_c$ and standard dev
 - the **adapted output before re-scaling** $W_0x+b_0+\Delta W x$,
 - the **adapted output after re-scaling** $y$.
 
-The gap summary is the average over channels of $|\mu_c-\mu_c^{0}| + |\sigma_c-\sigma_c^{0}|$
-against the pre-trained statistics, per saved epoch.
+The gap summary compares each variant with the pre-trained statistics $\mu^0, \sigma^0$:
+
+$$\text{gap} = \frac{\overline{|\mu_c-\mu_c^{0}| + |\sigma_c-\sigma_c^{0}|}}{\overline{\sigma_c^{0}}}$$
+
+(bars: mean over channels). 0 means the same per-channel distribution as the pre-trained layer;
+1 means off by a typical std.
 """
 
 COMPARE = r"""### Accuracy against cost

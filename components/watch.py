@@ -20,6 +20,12 @@ from .runner import Runner
 __all__ = ["WatchPanel", "build", "bind", "render"]
 
 
+# The issue asks for curves that update at least once a second; half a second also trims the
+# delay between a new metrics line and its drawing. Only runs in progress are polled.
+POLL_SECONDS = 0.5
+ACTIVE = ("queued", "running")
+
+
 @dataclass
 class WatchPanel:
     progress: gr.HTML
@@ -27,6 +33,10 @@ class WatchPanel:
     curves: gr.Plot
     details: gr.JSON
     sig: gr.State
+    timer: gr.Timer
+
+    def outputs(self) -> list:
+        return [self.progress, self.status, self.curves, self.details, self.sig, self.timer]
 
 
 def build() -> WatchPanel:
@@ -40,7 +50,8 @@ def build() -> WatchPanel:
                 details = gr.JSON(elem_id="run-details")
         with gr.Column(scale=1):
             gr.Markdown(texts.WATCH, latex_delimiters=texts.LATEX_DELIMITERS)
-    return WatchPanel(progress=progress, status=status, curves=curves, details=details, sig=gr.State(()))
+    return WatchPanel(progress=progress, status=status, curves=curves, details=details, sig=gr.State(()),
+                      timer=gr.Timer(POLL_SECONDS, active=False))
 
 
 def render(runner: Runner, run_id: str | None) -> tuple[str, str, Any, dict]:
@@ -65,26 +76,31 @@ def render(runner: Runner, run_id: str | None) -> tuple[str, str, Any, dict]:
     return fmt.progress_html(v.status, v.queue_position), status_md, fig, details
 
 
+def _timer(details: dict) -> gr.Timer:
+    return gr.Timer(active=(details.get("status") or {}).get("status") in ACTIVE)
+
+
 def poll(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
-    """Timer tick: redraw only when the run's files changed since this page last drew them."""
+    """Timer tick: redraw only when the run's files changed; stop ticking once the run ended."""
     new_sig = runner.run_signature(run_id)
     if new_sig == sig:
-        return (gr.skip(),) * 5
+        return (gr.skip(),) * 6
     try:
-        return (*render(runner, run_id), new_sig)
+        *views, details = render(runner, run_id)
     except Exception as err:  # a tick must never raise: it would toast every half second
-        return gr.skip(), f"⚠️ {user_message(err)}", gr.skip(), gr.skip(), new_sig
+        return gr.skip(), f"⚠️ {user_message(err)}", gr.skip(), gr.skip(), new_sig, gr.skip()
+    return (*views, details, new_sig, _timer(details))
 
 
 def show(runner: Runner, run_id: str | None) -> tuple:
-    """Explicit refresh (run picked, or API call): always redraws."""
-    return (*render(runner, run_id), runner.run_signature(run_id))
+    """Run picked (or API call): always redraw, and poll while the run is in progress."""
+    *views, details = render(runner, run_id)
+    return (*views, details, runner.run_signature(run_id), _timer(details))
 
 
 def bind(p: WatchPanel, runner: Runner, header: Header) -> None:
     """Wire the Watch tab's events."""
-    outputs = [p.progress, p.status, p.curves, p.details, p.sig]
-    header.run.change(guarded(partial(show, runner)), inputs=header.run, outputs=outputs, api_name="watch",
+    header.run.change(guarded(partial(show, runner)), inputs=header.run, outputs=p.outputs(), api_name="watch",
                       show_progress="hidden")
-    header.timer.tick(partial(poll, runner), inputs=[header.run, p.sig], outputs=outputs,
-                      show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    p.timer.tick(partial(poll, runner), inputs=[header.run, p.sig], outputs=p.outputs(),
+                 show_progress="hidden", concurrency_limit=None, api_visibility="private")

@@ -50,7 +50,7 @@ def launch(client: Client, **changes: Any) -> str:
 
 def details(client: Client, run_id: str) -> dict[str, Any]:
     """The Watch tab's view of a run (progress, status, curves, details)."""
-    _progress, _status, _curves, info = client.predict(run_id, api_name="/watch")
+    info = client.predict(run_id, api_name="/watch")[3]
     return info if isinstance(info, dict) else json.loads(info)
 
 
