@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="serve the run queue of a runs directory")
     p.add_argument("--runs-dir", default=_default_runs_dir())
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all CPUs but one)")
     return parser
 
 
@@ -275,7 +276,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from .jobs import run_worker
 
-    return run_worker(args.runs_dir, idle_exit_s=args.idle_exit)
+    return run_worker(args.runs_dir, idle_exit_s=args.idle_exit, threads=args.threads)
 
 
 _COMMANDS = {

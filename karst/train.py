@@ -12,6 +12,7 @@ per-channel feature statistics of every KARST layer on a fixed probe batch (the 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -396,14 +397,31 @@ def _run(
     }
     snapshot_s = 0.0
 
-    def snapshot(epoch: int) -> None:
+    def snapshot(epoch: int, source: nn.Module | None = None, tensors: dict | None = None) -> None:
         nonlocal snapshot_s
         t0 = time.perf_counter()
-        stats = feature_stats(model, probe, device)
-        emit("on_snapshot", epoch, snapshot_tensors(method), stats, {**snap_meta, "epoch": str(epoch)})
+        stats = feature_stats(source or model, probe, device)
+        tensors = tensors if tensors is not None else snapshot_tensors(method)
+        emit("on_snapshot", epoch, tensors, stats, {**snap_meta, "epoch": str(epoch)})
         snapshot_s += time.perf_counter() - t0
 
-    snapshot(0)
+    # Epoch 0 (the model before training) is recorded after the first step, from a copy, so the
+    # first point of the loss curve is not kept waiting by the probe pass (the app promises it
+    # within seconds of launch). Without KARST layers there are no statistics: write it at once.
+    initial: dict[str, Any] | None = None
+    if layer_names:
+        t0 = time.perf_counter()
+        initial = {"model": copy.deepcopy(model), "tensors": snapshot_tensors(method)}
+        snapshot_s += time.perf_counter() - t0
+    else:
+        snapshot(0)
+
+    def flush_initial() -> None:
+        nonlocal initial
+        if initial is not None:
+            snapshot(0, initial["model"], initial["tensors"])
+            initial = None  # free the copy
+
     t_train = time.perf_counter()
     step, best_val = 0, None
     stopped = False
@@ -459,6 +477,7 @@ def _run(
                     },
                     progress,
                 )
+                flush_initial()
                 t_step = time.perf_counter()
             val_loss, val_acc = _evaluate(model, val_loader, device)
             best_val = val_acc if best_val is None or val_acc > best_val else best_val
@@ -484,9 +503,11 @@ def _run(
             )
             snapshot(epoch + 1)
     except _Stop as stop:
+        flush_initial()  # stopped before the first step: epoch 0 is still the last checkpoint
         stopped = True
         summary.update(status=stop.status, message=stop.message)
     except KeyboardInterrupt:
+        flush_initial()
         stopped = True
         summary.update(status="cancelled", message=f"interrupted by the user at step {step}/{total_steps}")
 

@@ -72,7 +72,8 @@ def test_queue_runs_in_order_one_per_device(jobs) -> None:
 
 def test_warm_worker_latency_and_cancel_within_a_step(jobs) -> None:
     manager, root = jobs
-    manager.ensure_worker(wait_s=60)
+    manager.ensure_worker(wait_s=60, wait_ready=True)
+    assert manager.worker_ready()
     config = tiny_config(root, epochs=3, warmup_epochs=1, max_train_samples=512, batch_size=16)
     t0 = time.time()
     run_id = manager.submit(config)

@@ -73,9 +73,11 @@ def test_event_order_and_record_schema(tmp_path: Path) -> None:
     rec = Recorder()
     summary = train(tiny_config(tmp_path), callbacks=[rec])
     kinds = [k for k, _ in rec.events if k != "phase"]
-    # epoch-0 snapshot before the first step; one snapshot after each epoch; test; end.
-    assert kinds == ["start", "snapshot", "step", "step", "epoch", "snapshot", "step", "step", "epoch", "snapshot",
+    # The epoch-0 snapshot (weights and statistics from before training) is emitted right after the
+    # first step, so the first curve point is not delayed; then one snapshot per epoch; test; end.
+    assert kinds == ["start", "step", "snapshot", "step", "epoch", "snapshot", "step", "step", "epoch", "snapshot",
                      "test", "end"]
+    assert [e for k, e in rec.events if k == "snapshot"] == [0, 1, 2]
     step = rec.of("step")[0]
     assert set(step) == {"type", "step", "epoch", "loss", "lr", "img_per_s", "t"} and step["type"] == "step"
     epoch = rec.of("epoch")[0]
