@@ -174,3 +174,9 @@ def test_fused_path_recompute_output(rescale, dtype):
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for name, grad in zip(["x", "C", "A", "B", "s1", "s2"], grads):
         torch.testing.assert_close(grad, grads_a[name], **tol, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is visible")
+def test_main_cuda_without_gpu_is_a_clear_error(capsys):
+    assert main(["--device", "cuda", "--methods", "lora", "--quiet"]) == 2
+    assert "CUDA" in capsys.readouterr().err
