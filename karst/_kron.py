@@ -11,8 +11,10 @@ ever building ΔW (d_out × d_in). Viewing a token ``x`` (d_in) as ``X`` (m × k
 Why a hand-written backward: autograd would keep U, V and the pre-scaling output z for the
 backward pass. U and V are cheap to recompute from X (a few % of the layer's FLOPs), and z can be
 recovered from the output y as z = (y - s2) / (1 + s1). So the backward only needs the layer input x
-(already kept alive by the frozen linear path) and the output y (kept anyway by the next op for most
-targets), which keeps peak memory at LoRA's level instead of ~15% above it.
+(which LoRA keeps too: a frozen ``F.linear`` keeps nothing, the adapter needs x for ∂L/∂B) and the
+output y, which the next op keeps anyway after qkv (attention's q, k, v) and fc1 (GELU). After proj
+and fc2 (residual adds) y is the one extra: measured on vit_small, 1.06× LoRA's peak memory with
+channel re-scaling, 0.97× without (benchmarks/RESULTS.md); ``recompute_output`` trades it for FLOPs.
 """
 
 from __future__ import annotations
