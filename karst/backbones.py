@@ -48,11 +48,17 @@ EMBEDDED_ARCH = {
 }
 """Architecture of ``karst-vit-micro``; the card written next to the weights repeats it."""
 # Used only until the card exists (a fresh checkout before pre-training): neutral statistics.
-_FALLBACK_DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic", "crop_pct": 1.0}
+_FALLBACK_DATA_CONFIG = {
+    "input_size": [3, 32, 32],
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
+}
 
 HUB_BACKBONES: dict[str, str] = {
     "vit_base_patch16_224.augreg_in21k": "ViT-B/16, ImageNet-21k (AugReg), 86M params, 224 px: the paper's setting",
-    "vit_base_patch16_224.orig_in21k": "ViT-B/16, original ImageNet-21k weights, 86M params, 224 px: the paper's setting",
+    "vit_base_patch16_224.orig_in21k": "ViT-B/16, original ImageNet-21k weights, 86M params, 224 px: the paper's",
     "swin_base_patch4_window7_224": "Swin-B, ImageNet-22k then 1k, 88M params, 224 px (the paper's Swin-B)",
     "vit_small_patch16_224": "ViT-S/16, ImageNet-21k then 1k, 22M params, 224 px",
     "deit_small_patch16_224": "DeiT-S/16, ImageNet-1k, 22M params, 224 px",
@@ -129,7 +135,9 @@ def load_backbone(
             architecture, or hub weights that can neither be downloaded nor found in the cache.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise BackboneError(f"num_classes={num_classes!r} is not a positive integer; pass the number of classes of the dataset.")
+        raise BackboneError(
+            f"num_classes={num_classes!r} is not a positive integer; pass the number of classes of the dataset."
+        )
     name = str(name_or_path).strip()
     if not name:
         raise BackboneError("An empty backbone name was given; use karst-vit-micro or a timm model name.")
@@ -154,13 +162,17 @@ def list_backbones() -> list[dict[str, Any]]:
         {
             "name": EMBEDDED_BACKBONE,
             "embedded": True,
-            "description": card.get("description", "embedded tiny ViT") if card else "embedded tiny ViT (weights missing)",
+            "description": card.get("description", "embedded tiny ViT")
+            if card
+            else "embedded tiny ViT (weights missing)",
             "available": card is not None and (ASSETS_DIR / f"{EMBEDDED_BACKBONE}.safetensors").exists(),
             "input_size": card["image_size"] if card else 32,
         }
     ]
     for name, desc in HUB_BACKBONES.items():
-        items.append({"name": name, "embedded": False, "description": desc, "available": _hub_cached(name), "input_size": 224})
+        items.append(
+            {"name": name, "embedded": False, "description": desc, "available": _hub_cached(name), "input_size": 224}
+        )
     return items
 
 
@@ -191,7 +203,8 @@ def _load_embedded(num_classes: int, pretrained: bool, drop_path_rate: float) ->
         weights = ASSETS_DIR / f"{EMBEDDED_BACKBONE}.safetensors"
         if not weights.exists() or _read_card() is None:
             raise BackboneError(
-                f"The weights {weights} of {EMBEDDED_BACKBONE} or their card are missing; run `python scripts/pretrain_embedded.py` "
+                f"The weights {weights} of {EMBEDDED_BACKBONE} or their card are missing; "
+                "run `python scripts/pretrain_embedded.py` "
                 "or use pretrained=False for a randomly initialised backbone."
             )
         _load_state(model, _read_weights(weights), str(weights), arch, strict_body=True)
@@ -218,7 +231,9 @@ def _load_hub(name: str, num_classes: int, pretrained: bool, drop_path_rate: flo
     if not timm.is_model(name):
         close = _close_matches(name)
         hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models() for the names"
-        raise BackboneError(f"Backbone {name!r} is not karst-vit-micro, a timm model name or an existing weight file; {hint}.")
+        raise BackboneError(
+            f"Backbone {name!r} is not karst-vit-micro, a timm model name or an existing weight file; {hint}."
+        )
     kwargs = {"num_classes": num_classes, "drop_path_rate": drop_path_rate}
     if pretrained:
         try:
@@ -278,7 +293,9 @@ def _arch_from(arch: str | dict | None, path: Path, metadata: dict[str, str]) ->
         return {"model_name": arch.split(".")[0], "kwargs": {}}
     if isinstance(arch, dict) and isinstance(arch.get("model_name"), str) and isinstance(arch.get("kwargs", {}), dict):
         return {"model_name": arch["model_name"], "kwargs": dict(arch.get("kwargs", {}))}
-    raise BackboneError(f"arch={arch!r} is neither a timm model name nor a {{'model_name', 'kwargs'}} dict; pass a timm model name.")
+    raise BackboneError(
+        f"arch={arch!r} is neither a timm model name nor a {{'model_name', 'kwargs'}} dict; pass a timm model name."
+    )
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -310,7 +327,8 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def _load_local(path: Path, num_classes: int, arch: str | dict | None, drop_path_rate: float) -> Backbone:
     if not path.is_file():
         raise BackboneError(
-            f"Backbone {str(path)!r} is not an existing weight file (nor karst-vit-micro or a timm name); check the path."
+            f"Backbone {str(path)!r} is not an existing weight file (nor karst-vit-micro or a timm name); "
+            "check the path."
         )
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise BackboneError(f"The weight file {path} has suffix {path.suffix!r}; use .safetensors (or .pt/.pth).")
@@ -342,7 +360,11 @@ def _embedded_arch_or_none() -> dict:
 def _create(arch: dict, num_classes: int, drop_path_rate: float) -> torch.nn.Module:
     try:
         return timm.create_model(
-            arch["model_name"], pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate, **arch["kwargs"]
+            arch["model_name"],
+            pretrained=False,
+            num_classes=num_classes,
+            drop_path_rate=drop_path_rate,
+            **arch["kwargs"],
         )
     except (TypeError, ValueError, RuntimeError, AssertionError) as err:
         raise BackboneError(

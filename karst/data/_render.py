@@ -13,7 +13,7 @@ import numpy as np
 SIZE = 32  # side of every embedded image, in pixels
 
 # Pixel-centre coordinates, (S, S); shared by every call.
-_YY, _XX = (np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5)
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "bar", "ellipse")
 

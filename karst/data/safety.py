@@ -88,13 +88,17 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     try:
         with Image.open(path) as img:
             if img.size[0] * img.size[1] > max_pixels:
-                raise DataError(f"Image {path} is {img.size[0]}x{img.size[1]} pixels, over the {max_pixels} limit; remove it.")
+                raise DataError(
+                    f"Image {path} is {img.size[0]}x{img.size[1]} pixels, over the {max_pixels} limit; remove it."
+                )
             img.load()
             return to_rgb(img)
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"Image {path} could not be read ({type(err).__name__}); it changed after loading, remove or replace it.") from err
+        raise DataError(
+            f"Image {path} could not be read ({type(err).__name__}); it changed after loading, remove or replace it."
+        ) from err
 
 
 # Refuse truncated files instead of silently padding them with grey.
@@ -161,25 +165,35 @@ def safe_extract_zip(
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{path} is not a readable zip file ({type(err).__name__}); re-create it with a zip tool.") from err
+        raise DataError(
+            f"{path} is not a readable zip file ({type(err).__name__}); re-create it with a zip tool."
+        ) from err
     with zf:
         infos = zf.infolist()
         if len(infos) > max_files:
-            raise DataError(f"Zip {path} has {len(infos)} entries, over the limit of {max_files}; split the dataset or use a folder.")
+            raise DataError(
+                f"Zip {path} has {len(infos)} entries, over the limit of {max_files}; "
+                "split the dataset or use a folder."
+            )
         total = 0
         for info in infos:
             problem = _entry_problem(info)
             if problem:
-                raise DataError(f"Zip {path} was refused: entry {info.filename!r} {problem}; nothing was extracted, rebuild the zip with plain relative paths.")
+                raise DataError(
+                    f"Zip {path} was refused: entry {info.filename!r} {problem}; nothing was extracted, "
+                    "rebuild the zip with plain relative paths."
+                )
             total += info.file_size
             if info.compress_size and info.file_size > max_ratio * info.compress_size and info.file_size > 1024**2:
                 raise DataError(
-                    f"Zip {path} was refused: entry {info.filename!r} expands {info.file_size / info.compress_size:.0f}x "
+                    f"Zip {path} was refused: entry {info.filename!r} expands "
+                    f"{info.file_size / info.compress_size:.0f}x "
                     f"(limit {max_ratio:g}x), a likely zip bomb; nothing was extracted."
                 )
         if total > max_bytes:
             raise DataError(
-                f"Zip {path} would expand to {total / 1024**2:.0f} MiB, over the limit of {max_bytes / 1024**2:.0f} MiB; "
+                f"Zip {path} would expand to {total / 1024**2:.0f} MiB, "
+                f"over the limit of {max_bytes / 1024**2:.0f} MiB; "
                 "nothing was extracted, use an image folder instead."
             )
 
@@ -194,7 +208,9 @@ def safe_extract_zip(
                 out = tmp.joinpath(*PurePosixPath(info.filename).parts)
                 # Belt and braces: the checks above should make this impossible.
                 if not out.resolve().is_relative_to(tmp.resolve()):
-                    raise DataError(f"Zip {path} was refused: entry {info.filename!r} escapes the folder; nothing was extracted.")
+                    raise DataError(
+                        f"Zip {path} was refused: entry {info.filename!r} escapes the folder; nothing was extracted."
+                    )
                 if info.is_dir():
                     out.mkdir(parents=True, exist_ok=True)
                     continue
@@ -220,5 +236,7 @@ def safe_extract_zip(
             raise
         except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, zlib.error) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"Zip {path} could not be extracted ({type(err).__name__}: {str(err)[:100]}); check the file.") from err
+            raise DataError(
+                f"Zip {path} could not be extracted ({type(err).__name__}: {str(err)[:100]}); check the file."
+            ) from err
     return target

@@ -197,7 +197,9 @@ def load_dataset(
     """
     name = str(spec).strip()
     if not name:
-        raise DataError(f"An empty dataset was given; choose an embedded task ({', '.join(synthetic.TASKS)}) or a folder.")
+        raise DataError(
+            f"An empty dataset was given; choose an embedded task ({', '.join(synthetic.TASKS)}) or a folder."
+        )
     task, _, data_seed = name.partition("@")
     if task in synthetic.TASKS:
         return _load_embedded(task, data_seed, transform)
@@ -205,11 +207,18 @@ def load_dataset(
         return _load_torchvision(name.split(":", 1)[1], transform, seed, cache_dir)
     path = Path(name).expanduser()
     if not path.exists():
-        hint = f"embedded tasks are {', '.join(synthetic.TASKS)}" if os.sep not in name and "." not in name else "check the path"
+        hint = (
+            f"embedded tasks are {', '.join(synthetic.TASKS)}"
+            if os.sep not in name and "." not in name
+            else "check the path"
+        )
         raise DataError(f"Dataset {name!r} is neither an embedded task nor an existing file or folder; {hint}.")
     if path.is_file():
         if path.suffix.lower() != ".zip":
-            raise DataError(f"Dataset {name!r} is a file but not a .zip; give a folder with one sub-folder per class, or a zip of it.")
+            raise DataError(
+                f"Dataset {name!r} is a file but not a .zip; "
+                "give a folder with one sub-folder per class, or a zip of it."
+            )
         root = _single_top_folder(safe_extract_zip(path, cache_dir))
         bundle = _load_folder_like(root, transform, seed)
         bundle.name, bundle.source = name, "zip"
@@ -325,11 +334,17 @@ def _load_image_folder(root: Path, transform: Transform, seed: int) -> DatasetBu
     base = scanned.get("train", scanned.get("all"))
     class_names = sorted(c for c, files in base[0].items() if files)
     if not base[0]:
-        raise DataError(f"Folder {root} has no class sub-folders; put the images of each class in their own sub-folder.")
+        raise DataError(
+            f"Folder {root} has no class sub-folders; put the images of each class in their own sub-folder."
+        )
     if not class_names:
-        raise DataError(f"Folder {root} has class sub-folders but no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); add images.")
+        raise DataError(
+            f"Folder {root} has class sub-folders but no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); add images."
+        )
     if len(class_names) < 2:
-        raise DataError(f"Folder {root} has a single class ({class_names[0]!r}); a classifier needs at least two class sub-folders.")
+        raise DataError(
+            f"Folder {root} has a single class ({class_names[0]!r}); a classifier needs at least two class sub-folders."
+        )
     index = {c: i for i, c in enumerate(class_names)}
     ignored = sum(ign for _, ign in scanned.values())
     skipped = 0
@@ -341,7 +356,8 @@ def _load_image_folder(root: Path, transform: Transform, seed: int) -> DatasetBu
             if cname not in index:
                 if files:
                     raise DataError(
-                        f"Folder {root / split} has class {cname!r} that the train split lacks; use the same class sub-folders in every split."
+                        f"Folder {root / split} has class {cname!r} that the train split lacks; "
+                        "use the same class sub-folders in every split."
                     )
                 continue
             good, bad = _check_files(files)
@@ -407,7 +423,9 @@ def _finish_bundle(
             )
     present = set(splits["train"][1])
     if len(present) < 2:
-        raise DataError(f"Dataset {root}: fewer than two classes have readable training images; add images to the other classes.")
+        raise DataError(
+            f"Dataset {root}: fewer than two classes have readable training images; add images to the other classes."
+        )
     return DatasetBundle(
         name=str(root),
         class_names=class_names,
@@ -433,7 +451,11 @@ def _load_torchvision(name: str, transform: Transform, seed: int, cache_dir: str
     if not isinstance(cls, type) or not issubclass(cls, torch.utils.data.Dataset):
         known = ", ".join(f"torchvision:{k}" for k in TORCHVISION_SETS)
         raise DataError(f"torchvision:{name} is not a torchvision dataset class; try one of {known}.")
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("KARST_DATA_DIR", Path.home() / ".cache" / "karst" / "datasets"))
+    root = (
+        Path(cache_dir)
+        if cache_dir
+        else Path(os.environ.get("KARST_DATA_DIR", Path.home() / ".cache" / "karst" / "datasets"))
+    )
     offline = os.environ.get("KARST_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
     def build(split: str, download: bool) -> Any:
@@ -462,7 +484,9 @@ def _load_torchvision(name: str, transform: Transform, seed: int, cache_dir: str
     targets = getattr(train_base, "targets", None)
     if targets is None:
         targets = getattr(train_base, "labels", None)
-    labels = [int(v) for v in targets] if targets is not None else [int(train_base[i][1]) for i in range(len(train_base))]
+    labels = (
+        [int(v) for v in targets] if targets is not None else [int(train_base[i][1]) for i in range(len(train_base))]
+    )
     split = _seeded_split(list(range(len(labels))), labels, seed, ("train", "val"))
     classes = [str(c) for c in getattr(train_base, "classes", [])] or [str(i) for i in range(max(labels) + 1)]
     return DatasetBundle(

@@ -105,19 +105,23 @@ PRETRAIN_HEADS: dict[str, tuple[str, ...]] = {
 }
 """Label heads of the corpus, in the column order of :func:`pretrain_batch` labels."""
 
-_SCALE_EDGES = (3.0, 5.5, 8.0, 11.0)  # radius bins in pixels for small / medium / large
+_SCALE_EDGES = (3.5, 6.0, 9.0, 12.5)  # radius bins in pixels for small / medium / large
 
 
-def pretrain_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def pretrain_batch(
+    rng: np.random.Generator, n: int, with_mask: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` corpus images and their labels.
 
     Args:
         rng: Source of randomness; the batch is a pure function of its state.
         n: Number of images.
+        with_mask: Also return the labelled shape's coverage, for dense (per-patch) supervision.
 
     Returns:
         ``(images, labels)``: uint8 ``(n, 32, 32, 3)`` and int64 ``(n, 5)`` with one column per
-        entry of :data:`PRETRAIN_HEADS` (shape, colour, texture, position, scale).
+        entry of :data:`PRETRAIN_HEADS` (shape, colour, texture, position, scale); with
+        ``with_mask``, also float32 ``(n, 32, 32)`` coverage in [0, 1].
     """
     shape = rng.integers(0, len(R.SHAPES), n)
     colour = rng.integers(0, len(R.PALETTE), n)
@@ -132,11 +136,16 @@ def pretrain_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
     angle = rng.uniform(0, 2 * np.pi, n)
     rgb = np.clip(R.PALETTE_RGB[colour] + rng.normal(0, 0.04, (n, 3)), 0, 1).astype(np.float32)
 
-    canvas = _backgrounds(rng, texture)
-    _clutter(rng, canvas, 0.5)
+    canvas = _backgrounds(rng, texture, contrast=0.55)
+    _clutter(rng, canvas, 0.3)
     R.draw_shapes(canvas, shape, cx, cy, r, angle, rgb)
     labels = np.stack([shape, colour, texture, position, scale], axis=1).astype(np.int64)
-    return _finish(rng, canvas, 0.02), labels
+    images = _finish(rng, canvas, 0.02)
+    if not with_mask:
+        return images, labels
+    mask = np.zeros((n, R.SIZE, R.SIZE, 3), np.float32)
+    R.draw_shapes(mask, shape, cx, cy, r, angle, np.ones((n, 3), np.float32))
+    return images, labels, mask[..., 0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,8 +165,11 @@ _OBJECTS: dict[str, list[tuple[str, float, float, float, float, float]]] = {
     "arrow": [("rect", -0.2, 0, 0.6, 0.11, 0), ("triangle", 0.5, 0, 0.45, 0, np.pi / 2)],
     "target": [("ring", 0, 0, 0.85, 0, 0), ("circle", 0, 0, 0.25, 0, 0)],
     "flower": [
-        ("circle", 0.42, 0, 0.3, 0, 0), ("circle", -0.42, 0, 0.3, 0, 0),
-        ("circle", 0, 0.42, 0.3, 0, 0), ("circle", 0, -0.42, 0.3, 0, 0), ("circle", 0, 0, 0.2, 0, 0),
+        ("circle", 0.42, 0, 0.3, 0, 0),
+        ("circle", -0.42, 0, 0.3, 0, 0),
+        ("circle", 0, 0.42, 0.3, 0, 0),
+        ("circle", 0, -0.42, 0.3, 0, 0),
+        ("circle", 0, 0, 0.2, 0, 0),
     ],
 }
 
@@ -208,8 +220,16 @@ def _draw_objects(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
 # Downstream task 2: synth-textures (specialized-like)
 
 _TEXTURES = (
-    "horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "polka dots",
-    "crosshatch", "concentric rings", "wavy lines", "marble", "grain",
+    "horizontal stripes",
+    "vertical stripes",
+    "diagonal stripes",
+    "checkerboard",
+    "polka dots",
+    "crosshatch",
+    "concentric rings",
+    "wavy lines",
+    "marble",
+    "grain",
 )
 
 
@@ -248,9 +268,13 @@ def _draw_textures(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     ang = jitter[i] + np.pi / 2
     bend = R.wave(ang - np.pi / 2, rng.uniform(1.0, 2.5, i.size), phase[i]) * 1.6
     t[i] = np.sin(
-        2 * np.pi * freq[i, None, None]
-        * (xx[None] * np.cos(ang)[:, None, None] + yy[None] * np.sin(ang)[:, None, None]) / R.SIZE
-        + bend + phase[i, None, None]
+        2
+        * np.pi
+        * freq[i, None, None]
+        * (xx[None] * np.cos(ang)[:, None, None] + yy[None] * np.sin(ang)[:, None, None])
+        / R.SIZE
+        + bend
+        + phase[i, None, None]
     )
     i = sel(8)
     t[i] = np.sin(R.smooth_noise(rng, i.size, 4) * rng.uniform(9.0, 16.0, (i.size, 1, 1)))
@@ -307,7 +331,9 @@ def _draw_orientation(rng: np.random.Generator, labels: np.ndarray) -> np.ndarra
     for _ in range(2):
         r = rng.uniform(2.0, 4.0, n).astype(np.float32)
         kinds = rng.integers(0, 2, n) * 3  # circle or ring
-        R.draw_shapes(canvas, kinds, rng.uniform(3, 29, n), rng.uniform(3, 29, n), r, np.zeros(n), R.random_colours(rng, n))
+        R.draw_shapes(
+            canvas, kinds, rng.uniform(3, 29, n), rng.uniform(3, 29, n), r, np.zeros(n), R.random_colours(rng, n)
+        )
     r = rng.uniform(7.0, 12.0, n).astype(np.float32)
     # Counter-clockwise degrees on screen (image y grows downwards, hence the minus sign).
     theta = (labels + rng.uniform(-0.3, 0.3, n)) * np.pi / _ORIENT_BINS
@@ -346,24 +372,32 @@ TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
         TaskSpec(
-            "synth-objects", "natural",
+            "synth-objects",
+            "natural",
             "10 composite objects (house, tree, car, ...) under a colour cast, low contrast and grain",
-            tuple(_OBJECTS), _draw_objects,
+            tuple(_OBJECTS),
+            _draw_objects,
         ),
         TaskSpec(
-            "synth-textures", "specialized",
+            "synth-textures",
+            "specialized",
             "10 texture families (stripes by direction, checkerboard, dots, rings, marble, ...)",
-            _TEXTURES, _draw_textures,
+            _TEXTURES,
+            _draw_textures,
         ),
         TaskSpec(
-            "synth-count", "structured",
+            "synth-count",
+            "structured",
             "count the objects in the image, 1 to 8",
-            tuple(f"{k} object{'s' if k > 1 else ''}" for k in range(1, _COUNT_MAX + 1)), _draw_count,
+            tuple(f"{k} object{'s' if k > 1 else ''}" for k in range(1, _COUNT_MAX + 1)),
+            _draw_count,
         ),
         TaskSpec(
-            "synth-orientation", "structured",
+            "synth-orientation",
+            "structured",
             "orientation of the elongated object, 8 bins of 22.5 degrees",
-            tuple(f"{22.5 * k:g} deg" for k in range(_ORIENT_BINS)), _draw_orientation,
+            tuple(f"{22.5 * k:g} deg" for k in range(_ORIENT_BINS)),
+            _draw_orientation,
         ),
     )
 }

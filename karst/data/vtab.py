@@ -47,16 +47,24 @@ def parse_list(root: Path, list_name: str) -> list[tuple[Path, int]]:
         try:
             label = int(label_text)
         except ValueError:
-            raise DataError(f"{where} of {root} has label {label_text[:20]!r}, not an integer; labels are 0, 1, 2, ...") from None
+            raise DataError(
+                f"{where} of {root} has label {label_text[:20]!r}, not an integer; labels are 0, 1, 2, ..."
+            ) from None
         if label < 0:
             raise DataError(f"{where} of {root} has negative label {label}; labels are 0, 1, 2, ...")
         if Path(rel).is_absolute():
-            raise DataError(f"{where} of {root} has absolute path {rel[:60]!r}; paths must be relative to the task folder.")
+            raise DataError(
+                f"{where} of {root} has absolute path {rel[:60]!r}; paths must be relative to the task folder."
+            )
         full = (root / rel).resolve()
         if not full.is_relative_to(base):
-            raise DataError(f"{where} of {root} points outside the task folder ({rel[:60]!r}); paths must stay inside it.")
+            raise DataError(
+                f"{where} of {root} points outside the task folder ({rel[:60]!r}); paths must stay inside it."
+            )
         if not full.is_file():
-            raise DataError(f"{where} of {root} points to {rel[:60]!r}, which does not exist; fix the list or add the file.")
+            raise DataError(
+                f"{where} of {root} points to {rel[:60]!r}, which does not exist; fix the list or add the file."
+            )
         out.append((full, label))
     if not out:
         raise DataError(f"{list_path} lists no images; each line must be 'relative/path label'.")
@@ -75,7 +83,9 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
     from karst.data.sources import _seeded_split  # noqa: PLC0415 - same package, avoids a cycle
 
     if not (root / "test.txt").is_file():
-        raise DataError(f"VTAB folder {root} has no test.txt; a VTAB-1K task needs test.txt and train800.txt/val200.txt.")
+        raise DataError(
+            f"VTAB folder {root} has no test.txt; a VTAB-1K task needs test.txt and train800.txt/val200.txt."
+        )
     lists: dict[str, list[tuple[Path, int]]] = {}
     if (root / "train800.txt").is_file() and (root / "val200.txt").is_file():
         lists["train"] = parse_list(root, "train800.txt")
@@ -86,7 +96,9 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
         lists["train"] = list(zip(*split["train"]))
         lists["val"] = list(zip(*split["val"]))
     else:
-        raise DataError(f"VTAB folder {root} has test.txt but no train800.txt + val200.txt nor train800val200.txt; add them.")
+        raise DataError(
+            f"VTAB folder {root} has test.txt but no train800.txt + val200.txt nor train800val200.txt; add them."
+        )
     lists["test"] = parse_list(root, "test.txt")
 
     num_classes = 1 + max(y for items in lists.values() for _, y in items)
@@ -95,7 +107,9 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
     if names_file.is_file():
         names = [n.strip() for n in names_file.read_text(encoding="utf-8", errors="replace").splitlines() if n.strip()]
         if len(names) < num_classes:
-            raise DataError(f"{names_file} has {len(names)} names but the lists use {num_classes} labels; give one name per label.")
+            raise DataError(
+                f"{names_file} has {len(names)} names but the lists use {num_classes} labels; give one name per label."
+            )
         class_names = names[:num_classes]
 
     splits, skipped, total = {}, 0, 0
