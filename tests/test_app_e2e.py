@@ -1,8 +1,8 @@
 """End to end through ``gradio_client`` against the launched app on the embedded default.
 
-Launch a KARST run, watch it until it finishes (measuring the delay to the first curve point and
-how fast other views answer meanwhile), launch a LoRA run, compare the two, download the merged
-model and load it into plain timm (strict), predict on an image; bad input gives messages.
+Launch a LoRA run and a KARST run, watch them until they finish (measuring the delay to the first
+curve point and how fast other views answer meanwhile), compare the two, download the merged model
+and load it into plain timm (strict), predict on an image; bad input gives messages.
 """
 
 from __future__ import annotations
@@ -61,42 +61,53 @@ def wait_done(client: Client, run_id: str) -> dict[str, Any]:
     return info
 
 
-@pytest.fixture(scope="module")
-def karst_run(client: Client, server: AppHandle) -> dict[str, Any]:
-    """A KARST run on the embedded default, with timings taken while it trains."""
+def first_point(client: Client, server: AppHandle, changes: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """Launch, wait for the first curve point through the app, and split the delay into the worker
+    picking the run up, the engine preparing and taking its first step, and the app noticing the
+    new metrics line (the UI's own share)."""
     t0, wall0 = time.monotonic(), time.time()
-    run_id = launch(client)
+    run_id = launch(client, **changes)
     wait_for(lambda: details(client, run_id)["steps_recorded"] > 0, 90, interval=0.1, what="first curve point")
-    first_point_s = time.monotonic() - t0
-    seen_at = time.time()
+    seen, seen_at = time.monotonic() - t0, time.time()
+    status = server.runner.view(run_id).status
+    first_step_t = server.runner.view(run_id).steps[0]["t"]
+    return run_id, {"first_curve_point_s": round(seen, 2), "queue_pickup_s": round(status["started_at"] - wall0, 2),
+                    "engine_to_first_step_s": round(first_step_t - status["started_at"], 2),
+                    "app_notice_s": round(seen_at - first_step_t, 2)}
+
+
+@pytest.fixture(scope="module")
+def lora_run(client: Client, server: AppHandle) -> dict[str, Any]:
+    """A LoRA run, launched right after the app started (the worker is still starting: cold)."""
+    run_id, timings = first_point(client, server, {"method": "lora", "epochs": 1})
+    wait_done(client, run_id)
+    print(f"\n[app timings, cold worker, lora] {json.dumps(timings)}")
+    return {"run_id": run_id, **timings}
+
+
+@pytest.fixture(scope="module")
+def karst_run(client: Client, server: AppHandle, lora_run: dict[str, Any]) -> dict[str, Any]:
+    """A KARST run on the embedded default (warm worker), with timings taken while it trains."""
+    run_id, timings = first_point(client, server, {})
     # Other views while the worker trains: each call is a full round trip through the server.
-    latencies = []
-    for api_name, args in (("/check_settings", form_values(fast_form(rank=4))), ("/compare_table", ([],)),
-                           ("/list_runs", (run_id,)), ("/watch", (run_id,)), ("/kernel_view", (run_id, None))):
+    latencies = {}
+    for key, api_name, args in (("check", "/check_settings", form_values(fast_form(rank=4))),
+                                ("compare", "/compare_table", ([],)), ("list", "/list_runs", (run_id,)),
+                                ("watch", "/watch", (run_id,)), ("kernels", "/kernel_view", (run_id, None))):
         t = time.monotonic()
         client.predict(*args, api_name=api_name)
-        latencies.append(time.monotonic() - t)
+        latencies[key] = round(time.monotonic() - t, 3)
     info = wait_done(client, run_id)
-    # Where the first-point delay went: the worker picking the run up, the engine preparing and
-    # taking its first step, and the app noticing the new metrics line (the UI's own share).
-    status = info["status"]
-    first_step_t = server.runner.view(run_id).steps[0]["t"]
-    timings = {
-        "first_curve_point_s": round(first_point_s, 2),
-        "queue_pickup_s": round(status["started_at"] - wall0, 2),
-        "engine_to_first_step_s": round(first_step_t - status["started_at"], 2),
-        "app_notice_s": round(seen_at - first_step_t, 2),
-        "tab_calls_while_training_s": dict(zip(("check", "compare", "list", "watch", "kernels"),
-                                               (round(x, 3) for x in latencies))),
-        "run_total_s": round(status["finished_at"] - status["started_at"], 1),
-    }
-    print(f"\n[app timings] {json.dumps(timings)}")
+    timings.update(tab_calls_while_training_s=latencies,
+                   run_total_s=round(info["status"]["finished_at"] - info["status"]["started_at"], 1))
+    print(f"\n[app timings, warm worker, karst] {json.dumps(timings)}")
     return {"run_id": run_id, "info": info, **timings}
 
 
 def test_app_notices_metrics_fast_and_stays_responsive(karst_run: dict[str, Any]) -> None:
     # The app's own share of the first-point delay is its polling; the rest is the engine's.
     assert karst_run["app_notice_s"] < 1.5, karst_run
+    assert karst_run["first_curve_point_s"] < 15.0, karst_run  # the issue's 5 s target is reported, not gated
     calls = list(karst_run["tab_calls_while_training_s"].values())
     assert max(calls) < 3.0 and statistics.median(calls) < 1.0, karst_run
 
@@ -107,9 +118,8 @@ def test_run_records_curves_and_test_accuracy(karst_run: dict[str, Any]) -> None
     assert 0.0 <= info["test"]["test_acc"] <= 1.0
 
 
-def test_compare_two_runs(client: Client, karst_run: dict[str, Any]) -> None:
-    lora = launch(client, method="lora", epochs=1)
-    wait_done(client, lora)
+def test_compare_two_runs(client: Client, karst_run: dict[str, Any], lora_run: dict[str, Any]) -> None:
+    lora = lora_run["run_id"]
     table, ticked = client.predict([], api_name="/compare_table")
     methods = {row[0]: row[1] for row in table["data"]}
     assert {karst_run["run_id"], lora} <= set(value(ticked))
