@@ -23,7 +23,6 @@ that travelled alone (an upload) still carries its configuration.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError, RunError
-from .runs import RunStore, atomic_write_json, read_json
+from .runs import RunStore, atomic_write_json, publish, read_json
 
 __all__ = ["EXPORT_FORMAT", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict"]
 
@@ -66,7 +65,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def write_merged(model: nn.Module, meta: dict[str, Any], path: str | Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ safe against concurrent readers and against the writer dying at any instant:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -42,6 +43,7 @@ __all__ = [
     "FileLock",
     "default_runs_dir",
     "atomic_write_json",
+    "publish",
     "read_json",
     "read_jsonl",
     "encode_array",
@@ -60,6 +62,26 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("KARST_RUNS_DIR", "runs"))
 
 
+@functools.cache
+def _file_mode() -> int:
+    # The mode a plain open() would give (0o666 minus the umask). Temporary files are created 0600
+    # (mkstemp, and safetensors' writer), so published files are set to this before the rename.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file the usual permissions and move it into place atomically."""
+    os.chmod(tmp, _file_mode())
+    os.replace(tmp, path)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON so that readers never see a partial file (temp file in the same dir + replace)."""
     path = Path(path)
@@ -67,7 +89,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -508,7 +530,7 @@ class RunRecorder:
         final = folder / f"epoch_{epoch:03d}.safetensors"
         tmp = folder / f".epoch_{epoch:03d}.safetensors.tmp"
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, final)
+        publish(tmp, final)
         if self.config.method == "full":
             # A full fine-tune's "adapter" is the whole model: keep only the newest copy.
             for old in _epochs(folder, "epoch_", ".safetensors"):

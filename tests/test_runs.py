@@ -17,6 +17,7 @@ from karst.config import TrainConfig
 from karst.errors import RunError
 from karst.runs import (
     RunStore,
+    _file_mode,
     atomic_write_json,
     decode_array,
     encode_array,
@@ -207,3 +208,24 @@ def test_status_json_keys_follow_the_contract(tmp_path: Path) -> None:
     keys = set(json.loads((tmp_path / run_id / "status.json").read_text()))
     assert keys == {"status", "message", "pid", "device", "step", "total_steps", "epoch", "epochs", "eta_s",
                     "queued_at", "started_at", "updated_at", "finished_at"}
+
+
+def test_published_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from karst.runs import publish
+
+    old = os.umask(0o027)
+    try:
+        _file_mode.cache_clear()
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        tmp = tmp_path / ".b.tmp"
+        tmp.write_bytes(b"1")
+        os.chmod(tmp, 0o600)  # as mkstemp and safetensors create them
+        publish(tmp, tmp_path / "b.bin")
+    finally:
+        os.umask(old)
+        _file_mode.cache_clear()
+    for name in ("a.json", "b.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
