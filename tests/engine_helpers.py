@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,13 +82,6 @@ def env(**extra: str) -> dict[str, str]:
     out["OMP_NUM_THREADS"] = "1"
     out.update(extra)
     return out
-
-
-def karst_cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
-    """Run ``python -m karst ARGS`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "karst", *args], capture_output=True, text=True, timeout=timeout, env=env(), **kw
-    )
 
 
 def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.05) -> Any:
