@@ -106,7 +106,7 @@ def build_demo(runner):
                             (t_align, alignment.TAB_ID), (t_compare, "compare"), (t_predict, predict.TAB_ID)):
             tab.select(lambda tid=tab_id: tid, None, head.tab, api_visibility="private", queue=False)
 
-        header.bind(head, runner, demo)
+        header.bind(head, runner, demo, tabs)
         setup.bind(setup_panel, runner, head, tabs, demo)
         watch.bind(watch_panel, runner, head)
         kernels.bind(kernels_panel, runner, head.run, t_kernels, head.tab)

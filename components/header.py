@@ -46,9 +46,11 @@ def build(runner: Runner) -> Header:
 
 
 def attach(runner: Runner) -> tuple:
-    """On page load: list the runs and select the one to re-attach to."""
-    choices = runner.run_choices()
-    return gr.Dropdown(choices=choices, value=runner.default_run()), runner.runs_signature()
+    """On page load: list the runs, select the one to re-attach to, and show it training if it is."""
+    run_id = runner.default_run()
+    active = bool(run_id) and runner.view(run_id).status.get("status") in ("queued", "running")
+    return (gr.Dropdown(choices=runner.run_choices(), value=run_id), runner.runs_signature(),
+            gr.Tabs(selected="watch") if active else gr.skip(), "watch" if active else gr.skip())
 
 
 def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
@@ -75,9 +77,9 @@ def stop_run(runner: Runner, run_id: str | None) -> str:
     return message
 
 
-def bind(h: Header, runner: Runner, demo: gr.Blocks) -> None:
+def bind(h: Header, runner: Runner, demo: gr.Blocks, tabs: gr.Tabs) -> None:
     """Wire the header's events."""
-    demo.load(guarded(partial(attach, runner)), outputs=[h.run, h.runs_sig], api_name="attach")
+    demo.load(guarded(partial(attach, runner)), outputs=[h.run, h.runs_sig, tabs, h.tab], api_name="attach")
     h.timer.tick(guarded(partial(poll_runs, runner)), inputs=[h.run, h.runs_sig], outputs=[h.run, h.runs_sig],
                  show_progress="hidden", concurrency_limit=None, api_visibility="private")
     h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],

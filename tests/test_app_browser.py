@@ -12,6 +12,7 @@ download is not used: it needs a network).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ def page(server: AppHandle):
         context = browser.new_context(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
         pg = context.new_page()
         pg.set_default_timeout(VIEW_TIMEOUT_MS)
+        expect.set_options(timeout=VIEW_TIMEOUT_MS)  # expect() has its own 5 s default
         pg.goto(server.url)
         expect(pg.get_by_text("KARST Studio").first).to_be_visible()
         yield pg
@@ -87,6 +89,10 @@ def test_launch_shows_live_curves(page) -> None:
     expect(page.locator("#curves .js-plotly-plot .scatterlayer .trace").first).to_be_attached(
         timeout=TRAIN_TIMEOUT_MS)
     shot(page, "02_watch_training")
+    # A refresh (or a dropped connection) loses nothing: the page re-attaches to the running job.
+    page.reload()
+    expect(page.locator("#run-picker input")).to_have_value(re.compile(r"karst .*(running|completed)"))
+    expect(page.locator("#curves .js-plotly-plot .scatterlayer .trace").first).to_be_attached()
     expect(page.locator("#progress")).to_contain_text("completed", timeout=TRAIN_TIMEOUT_MS)
     shot(page, "03_watch_done")
     expect_no_traceback(page)

@@ -170,3 +170,28 @@ def test_bad_inputs_give_messages(client: Client, karst_run: dict[str, Any], tmp
     assert "refused" in message and "\n" not in message.strip()
     # The app keeps working after all of that.
     assert "trainable parameters" in client.predict(*form_values(fast_form()), api_name="/check_settings")
+
+
+def test_uploaded_merged_model_and_drawing(client: Client, karst_run: dict[str, Any], tmp_path: Path) -> None:
+    *buttons, _ = client.predict(karst_run["run_id"], api_name="/downloads")
+    merged, card, _adapter = (value(b) for b in buttons)
+    png = make_png(tmp_path / "probe.png")
+    by_run = client.predict("run", karst_run["run_id"], [], 3, handle_file(str(png)), api_name="/predict_image")[1]
+    uploaded = client.predict("upload", None, [handle_file(merged), handle_file(card)], 3, handle_file(str(png)),
+                              api_name="/predict_image")[1]
+    assert uploaded["data"] == by_run["data"]  # the merged file predicts exactly like the run
+    drawing = {"background": None, "layers": [], "composite": handle_file(str(png))}
+    rows = client.predict("run", karst_run["run_id"], [], 2, drawing, api_name="/predict_sketch")[1]["data"]
+    assert len(rows) == 1 and len(rows[0][3].split(",")) == 2
+    with pytest.raises(AppError, match="safetensors"):
+        client.predict("upload", None, [handle_file(card)], 3, handle_file(str(png)), api_name="/predict_image")
+
+
+def test_stop_cancels_a_run(client: Client, karst_run: dict[str, Any]) -> None:
+    run_id = launch(client, epochs=20, max_train_samples=None)
+    wait_for(lambda: details(client, run_id)["status"]["status"] == "running", 60, what="run started")
+    message = client.predict(run_id, api_name="/stop")
+    assert "Stop requested" in message
+    final = wait_for(lambda: (s := details(client, run_id)["status"])["status"] not in ("queued", "running") and s,
+                     60, what="run stopped")
+    assert final["status"] == "cancelled" and final["epoch"] < 20
