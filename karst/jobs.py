@@ -192,7 +192,7 @@ def run_worker(
     # (peft too: LoRA/LoKr runs would otherwise pay for its import on their first step).
     import peft  # noqa: F401
 
-    from . import backbones, data, methods, train  # noqa: F401
+    from . import backbones, data, export, methods, train  # noqa: F401
 
     atomic_write_json(store.root / ".worker.json", {**info, "ready": True})
 

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -559,14 +560,17 @@ class RunRecorder:
     def on_end(self, summary: dict[str, Any], result: Any) -> None:
         status = summary["status"]
         if result is not None and status in ("completed", "cancelled"):
-            from .export import export_result
-
             try:
+                from .export import export_result
+
                 # A cancelled run keeps its current weights (adapter only: quick to write).
                 files = export_result(self.run_dir, result, merged=status == "completed", run_id=self.run_dir.name)
                 summary["files"] = files
             except KarstError as e:
                 summary["export_error"] = str(e)
+            except Exception as e:  # a bug in export must not lose the run's results: record and go on
+                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+                summary["export_error"] = f"internal error: {type(e).__name__}: {e}"[:500]
         atomic_write_json(self.run_dir / "summary.json", summary)
         if self._metrics is not None:
             self._metrics.close()
