@@ -162,6 +162,7 @@ def check(options: AppOptions) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     options = parse_args(argv)
     if options.check:
         raise SystemExit(check(options))

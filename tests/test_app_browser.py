@@ -127,6 +127,10 @@ def test_download_and_predict(page, tmp_path: Path) -> None:
     expect(page.locator("#predict-results")).to_contain_text("probe.png")
     expect(page.locator("#predict-chart .js-plotly-plot .barlayer")).to_be_attached()
     shot(page, "06_predict")
+    # An example image of the run's dataset is one click away, and predicts at once.
+    page.locator("#predict-examples .thumbnail-item").first.click()
+    expect(page.locator("#predict-results")).not_to_contain_text("probe.png")
+    expect(page.locator("#predict-image img")).to_be_attached()
 
 
 def test_bad_input_shows_messages_and_app_keeps_working(page, tmp_path: Path) -> None:
@@ -163,6 +167,7 @@ def test_bad_input_shows_messages_and_app_keeps_working(page, tmp_path: Path) ->
     # Still working: predicting again succeeds.
     open_tab(page, "6 · Download & predict")
     page.get_by_role("tab", name="Image (upload, paste, webcam)").click()
+    page.locator("#predict-image input[type=file]").set_input_files(str(make_png(tmp_path / "again.png", "blue")))
     page.locator("#predict-image-btn").click()
-    expect(page.locator("#predict-results")).to_contain_text("probe.png")
+    expect(page.locator("#predict-results")).to_contain_text("again.png")
     expect_no_traceback(page)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import timm
 import torch
@@ -195,3 +196,14 @@ def test_stop_cancels_a_run(client: Client, karst_run: dict[str, Any]) -> None:
     final = wait_for(lambda: (s := details(client, run_id)["status"])["status"] not in ("queued", "running") and s,
                      60, what="run stopped")
     assert final["status"] == "cancelled" and final["epoch"] < 20
+
+
+def test_only_run_folders_and_uploads_are_served(server: AppHandle, karst_run: dict[str, Any]) -> None:
+    def status(path: Path) -> int:
+        return httpx.get(f"{server.url.rstrip('/')}/gradio_api/file={path}").status_code
+
+    assert status(server.runner.runs_dir / karst_run["run_id"] / "merged.json") == 200
+    assert status(Path(__file__).resolve()) == 403  # the source tree is not served
+    assert status(Path("/etc/passwd")) == 403
+    # Gradio's run history (users' inputs kept for replay) is switched off.
+    assert httpx.get(f"{server.url.rstrip('/')}/gradio_api/runs").status_code == 404
