@@ -188,14 +188,19 @@ def test_uploaded_merged_model_and_drawing(client: Client, karst_run: dict[str, 
         client.predict("upload", None, [handle_file(card)], 3, handle_file(str(png)), api_name="/predict_image")
 
 
-def test_stop_cancels_a_run(client: Client, karst_run: dict[str, Any]) -> None:
-    run_id = launch(client, epochs=20, max_train_samples=None)
-    wait_for(lambda: details(client, run_id)["status"]["status"] == "running", 60, what="run started")
-    message = client.predict(run_id, api_name="/stop")
-    assert "Stop requested" in message
-    final = wait_for(lambda: (s := details(client, run_id)["status"])["status"] not in ("queued", "running") and s,
-                     60, what="run stopped")
-    assert final["status"] == "cancelled" and final["epoch"] < 20
+def test_queue_position_and_stop(client: Client, karst_run: dict[str, Any]) -> None:
+    first = launch(client, epochs=20, max_train_samples=None)
+    second = launch(client, method="probe")
+    wait_for(lambda: details(client, first)["status"]["status"] == "running", 60, what="first run started")
+    progress, *_ = client.predict(second, api_name="/watch")
+    assert details(client, second)["queue_position"] == 1 and "place 1 in the queue" in progress
+    for run_id in (second, first):  # a queued run is cancelled at once, a running one within a step
+        assert "Stop requested" in client.predict(run_id, api_name="/stop")
+    for run_id in (second, first):
+        final = wait_for(lambda r=run_id: (s := details(client, r)["status"])["status"] not in ("queued", "running")
+                         and s, 60, what=f"{run_id} stopped")
+        assert final["status"] == "cancelled", final
+    assert details(client, first)["status"]["epoch"] < 20
 
 
 def test_only_run_folders_and_uploads_are_served(server: AppHandle, karst_run: dict[str, Any]) -> None:
