@@ -12,7 +12,7 @@ from functools import partial
 
 import gradio as gr
 
-from .guard import guarded
+from .guard import guarded, log
 from .runner import Runner
 
 __all__ = ["Header", "build", "bind", "LIST_POLL_SECONDS"]
@@ -54,11 +54,19 @@ def attach(runner: Runner) -> tuple:
 
 
 def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
-    """Timer tick: refresh the run list only when a run appeared or changed state."""
+    """Timer tick: refresh the run list only when a run appeared or changed state.
+
+    Never raises: an error here would pop up a message every tick. The explicit Refresh button
+    reports problems instead.
+    """
     new_sig = runner.runs_signature()
     if new_sig == sig:
         return gr.skip(), gr.skip()
-    choices = runner.run_choices()
+    try:
+        choices = runner.run_choices()
+    except Exception:
+        log.exception("listing runs failed")
+        return gr.skip(), gr.skip()
     ids = {value for _, value in choices}
     value = run_id if run_id in ids else runner.default_run()
     return gr.Dropdown(choices=choices, value=value), new_sig
@@ -80,7 +88,7 @@ def stop_run(runner: Runner, run_id: str | None) -> str:
 def bind(h: Header, runner: Runner, demo: gr.Blocks, tabs: gr.Tabs) -> None:
     """Wire the header's events."""
     demo.load(guarded(partial(attach, runner)), outputs=[h.run, h.runs_sig, tabs, h.tab], api_name="attach")
-    h.timer.tick(guarded(partial(poll_runs, runner)), inputs=[h.run, h.runs_sig], outputs=[h.run, h.runs_sig],
+    h.timer.tick(partial(poll_runs, runner), inputs=[h.run, h.runs_sig], outputs=[h.run, h.runs_sig],
                  show_progress="hidden", concurrency_limit=None, api_visibility="private")
     h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],
                     api_name="list_runs")

@@ -387,7 +387,12 @@ class Runner:
     def stop(self, run_id: str | None) -> str:
         if not run_id:
             raise RunError("no run selected; pick a run in the list first.")
-        self.jobs.cancel(run_id)
+        before = self.store.read_status(run_id).get("status")
+        if before not in ACTIVE_STATES:
+            return f"Run {run_id} is {before}: nothing to stop."
+        after = self.jobs.cancel(run_id).get("status")
+        if after == "cancelled":
+            return f"Stop requested for {run_id}: cancelled before it started."
         return f"Stop requested for {run_id}; it ends within one training step."
 
     def list_runs(self) -> list[dict[str, Any]]:
