@@ -393,8 +393,7 @@ def run_benchmark(
                     merged_models[case.method] = merged
                     case.model = case.optimizer = None  # free the training copy before timing
                 # A fresh copy, made like the merged ones, so both are timed under the same
-                # conditions: on a CPU the long-lived original timed ~5% faster than every merged
-                # copy, even those of full and probe, which are the plain architecture too.
+                # conditions (allocation age and placement) as the models they are compared with.
                 runners = [("unadapted", copy.deepcopy(base))] + list(merged_models.items())
                 for i in range(warmup + steps):
                     for name, module in runners[i % len(runners) :] + runners[: i % len(runners)]:
