@@ -169,7 +169,9 @@ def _check_peft_rank(model: nn.Module, config: MethodConfig) -> None:
     targets = find_target_linears(model, config.target_modules)
     smallest = min(min(lin.in_features, lin.out_features) for lin in targets.values())
     if config.rank > smallest:
-        raise ConfigError(f"rank r={config.rank} exceeds the smallest targeted layer dimension {smallest}; use r <= {smallest}.")
+        raise ConfigError(
+            f"rank r={config.rank} exceeds the smallest targeted layer dimension {smallest}; use r <= {smallest}."
+        )
 
 
 def check_settings(model: nn.Module, config: MethodConfig) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
 from conftest import TINY_MODELS, make_tiny, tiny_input
+
 from karst import ConfigError, MethodConfig, build_method, check_settings
 from karst.methods import METHODS
 

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import timm
 import torch
-
 from conftest import TINY_MODELS, make_tiny, tiny_input
+
 from karst import (
     ConfigError,
     KarstConfig,
