@@ -123,7 +123,8 @@ def test_main_writes_table_and_json(tmp_path, capsys):
     out, js = tmp_path / "r.md", tmp_path / "r.json"
     code = main(
         ["--models", "vit_tiny_patch16_224", "--methods", "karst,lora", "--device", "cpu", "--steps", "1",
-         "--warmup", "0", "--batch-size", "1", "--no-inference", "--quiet", "--out", str(out), "--json", str(js)]
+         "--warmup", "0", "--batch-size", "1", "--no-inference", "--no-memory", "--quiet",
+         "--out", str(out), "--json", str(js)]
     )  # fmt: skip
     assert code == 0
     assert "| karst |" in capsys.readouterr().out
