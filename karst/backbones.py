@@ -143,6 +143,8 @@ def load_backbone(
         raise BackboneError("An empty backbone name was given; use karst-vit-micro or a timm model name.")
     if name == EMBEDDED_BACKBONE:
         return _load_embedded(num_classes, pretrained, drop_path_rate)
+    if name.startswith(("hf-hub:", "hf_hub:")):  # timm's own syntax for any Hugging Face repo
+        return _load_hub(name, num_classes, pretrained, drop_path_rate)
     path = Path(name).expanduser()
     if path.suffix.lower() in WEIGHT_SUFFIXES or path.exists() or os.sep in name:
         return _load_local(path, num_classes, arch, drop_path_rate)
@@ -228,16 +230,16 @@ def _close_matches(name: str) -> list[str]:
 
 
 def _load_hub(name: str, num_classes: int, pretrained: bool, drop_path_rate: float) -> Backbone:
-    if not timm.is_model(name):
+    if not name.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(name):
         close = _close_matches(name)
         hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models() for the names"
         raise BackboneError(
             f"Backbone {name!r} is not karst-vit-micro, a timm model name or an existing weight file; {hint}."
         )
     kwargs = {"num_classes": num_classes, "drop_path_rate": drop_path_rate}
-    if pretrained:
+    if pretrained or name.startswith(("hf-hub:", "hf_hub:")):  # hf-hub names need the repo's config
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             # OSError covers huggingface_hub's LocalEntryNotFoundError and connection errors;
             # RuntimeError is timm's "no pretrained weights" for untagged architectures.
@@ -249,7 +251,8 @@ def _load_hub(name: str, num_classes: int, pretrained: bool, drop_path_rate: flo
             ) from err
     else:
         model = timm.create_model(name, pretrained=False, **kwargs)
-    model_name = name.split(".")[0]
+    # For hf-hub names the architecture is only known once the repo's config is read.
+    model_name = getattr(model, "default_cfg", {}).get("architecture") or name.split(".")[0]
     return Backbone(model, name, {"model_name": model_name, "kwargs": {}}, _resolve(model))
 
 

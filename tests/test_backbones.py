@@ -198,16 +198,17 @@ def test_unknown_timm_name_lists_close_matches():
     assert "vit_base_patch16_224" in one_line(err)
 
 
-def test_hub_weights_offline_and_not_cached_is_actionable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "hf-hub:timm/deit_tiny_patch16_224.fb_in1k"])
+def test_hub_weights_offline_and_not_cached_is_actionable(tmp_path, monkeypatch, name):
     import huggingface_hub.constants as hf
 
     # What HF_HUB_OFFLINE=1 with an empty cache means, set where huggingface_hub reads it per call.
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(BackboneError) as err:
-        load_backbone("deit_tiny_patch16_224", 3)
+        load_backbone(name, 3)
     msg = one_line(err)
-    assert "deit_tiny_patch16_224" in msg and "cache" in msg and "karst-vit-micro" in msg
+    assert name in msg and "cache" in msg and "karst-vit-micro" in msg
 
 
 def test_hub_architecture_without_weights_builds_offline():
