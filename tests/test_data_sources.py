@@ -192,7 +192,7 @@ def _evil_zip(path: Path, kind: str) -> Path:
             zf.writestr("/tmp/absolute.png", png.getvalue())
         elif kind == "symlink":
             info = zipfile.ZipInfo("data/a/link.png")
-            info.external_attr = (0o120777 << 16)  # S_IFLNK: a symbolic link entry
+            info.external_attr = 0o120777 << 16  # S_IFLNK: a symbolic link entry
             zf.writestr(info, "/etc/passwd")
         elif kind == "backslash":
             zf.writestr("..\\..\\escaped.png", png.getvalue())
@@ -203,7 +203,13 @@ def _evil_zip(path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("kind", "needle"),
-    [("dotdot", "'..'"), ("absolute", "absolute"), ("symlink", "symbolic link"), ("backslash", "Windows"), ("bomb", "zip bomb")],
+    [
+        ("dotdot", "'..'"),
+        ("absolute", "absolute"),
+        ("symlink", "symbolic link"),
+        ("backslash", "Windows"),
+        ("bomb", "zip bomb"),
+    ],
 )
 def test_malicious_zips_are_refused_with_nothing_extracted(tmp_path, kind, needle):
     z = _evil_zip(tmp_path / "evil.zip", kind)
