@@ -66,6 +66,7 @@ DEFAULT_MODELS: tuple[str, ...] = ("vit_small_patch16_224", "vit_base_patch16_22
 # KARST: N=2, m=8, r=8; LoRA and LoKr r=8; all on the same targets (qkv, proj, fc1, fc2).
 METHOD_SPECS: dict[str, dict[str, Any] | None] = {
     "karst": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, rescale="channel"),
+    "karst-keep-output": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, recompute_output=()),
     "karst-norescale": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, rescale="none"),
     "lora": dict(method="lora", rank=8),
     "lokr": dict(method="lokr", rank=8),

@@ -61,6 +61,7 @@ class KarstLinear(nn.Module):
             p.requires_grad_(False)
         self.config = config
         self.n_kernels, self.stack_dim, self.rank = n, m, r
+        self.recompute_output = any(name == t or name.endswith("." + t) for t in config.recompute_output)
         self.in_features, self.out_features = d_in, d_out
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.C = nn.Parameter(torch.empty(n, m, m, **factory))
@@ -106,7 +107,9 @@ class KarstLinear(nn.Module):
         if weight.requires_grad or (bias is not None and bias.requires_grad):
             # Someone unfroze W0: the fused path does not return its gradient, so use autograd.
             return self._forward_autograd(x)
-        return KronRescaleFunction.apply(x, weight, bias, self.C, self.A, self.B, self.s1, self.s2)
+        return KronRescaleFunction.apply(
+            x, weight, bias, self.C, self.A, self.B, self.s1, self.s2, self.recompute_output
+        )
 
     def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_parts(x)[2]

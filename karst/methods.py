@@ -53,6 +53,7 @@ class MethodConfig:
     rescale: Rescale = "channel"
     lora_alpha: float = 16.0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    recompute_output: tuple[str, ...] = KarstConfig.__dataclass_fields__["recompute_output"].default
 
     def __post_init__(self) -> None:
         _choice("method", self.method, MethodName)
@@ -70,6 +71,7 @@ class MethodConfig:
             rank=self.rank,
             rescale=self.rescale,
             target_modules=tuple(self.target_modules),
+            recompute_output=tuple(self.recompute_output),
         )
 
 

@@ -132,3 +132,17 @@ def test_kron_helpers_agree():
 def test_layer_errors_name_the_fix(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         KarstLinear(torch.nn.Linear(32, 48), KarstConfig(**kwargs), name="blocks.0.attn.qkv")
+
+
+def test_recompute_output_only_where_configured_and_exact():
+    cfg = KarstConfig(rank=4)  # default: recompute proj's output in backward, keep the others'
+    proj = KarstLinear(torch.nn.Linear(32, 48).double(), cfg, name="blocks.0.attn.proj")
+    qkv = KarstLinear(torch.nn.Linear(32, 48).double(), cfg, name="blocks.0.attn.qkv")
+    assert proj.recompute_output and not qkv.recompute_output
+    with torch.no_grad():
+        proj.B.normal_(0, 0.3), proj.s1.normal_(0, 0.3), proj.s2.normal_(0, 0.3)
+    x = torch.randn(5, 32, dtype=torch.float64, requires_grad=True)
+    params = [x, proj.C, proj.A, proj.B, proj.s1, proj.s2]
+    g = torch.randn(5, 48, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(proj(x), params, g), torch.autograd.grad(proj._forward_autograd(x), params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
