@@ -182,13 +182,7 @@ class TrainConfig:
         self.target_modules = self.karst_config().target_modules
 
     def karst_config(self) -> KarstConfig:
-        return KarstConfig(
-            n_kernels=self.n_kernels,
-            stack_dim=self.stack_dim,
-            rank=self.rank,
-            rescale=self.rescale,
-            target_modules=tuple(self.target_modules),
-        )
+        return self.method_config().karst_config()
 
     def method_config(self):
         from .methods import MethodConfig
