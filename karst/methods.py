@@ -23,6 +23,7 @@ from .model import (
     ParamCount,
     apply_karst,
     check_karst,
+    copy_checked,
     find_target_linears,
     head_parameter_names,
     merge_karst,
@@ -110,23 +111,13 @@ class Method:
         """The trainable tensors (adapter + head), keyed by their name in the model."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    @torch.no_grad()
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.model.named_parameters())
-        expected = {n for n, p in params.items() if p.requires_grad}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ConfigError(
-                f"adapter weights do not fit this {self.name} model: missing {missing[:2]}, "
-                f"unexpected {unexpected[:2]}; load them into the backbone and method they came from."
-            )
-        for key, tensor in state.items():
-            if params[key].shape != tensor.shape:
-                raise ConfigError(
-                    f"adapter tensor {key} has shape {tuple(tensor.shape)}, the model expects "
-                    f"{tuple(params[key].shape)}; use the same backbone, classes and settings."
-                )
-            params[key].copy_(tensor)
+        copy_checked(
+            {n: p for n, p in self.model.named_parameters() if p.requires_grad},
+            state,
+            mismatch=f"adapter weights do not fit this {self.name} model",
+            hint="load them into the backbone, classes and method they came from",
+        )
 
     def merged_model(self) -> nn.Module:
         """A plain timm model equal to the adapted one (state_dict keys of the original model)."""

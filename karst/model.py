@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .config import KarstConfig
 from .errors import ConfigError
@@ -33,6 +33,7 @@ __all__ = [
     "count_parameters",
     "save_adapter",
     "load_adapter",
+    "copy_checked",
 ]
 
 ADAPTER_FORMAT = "karst-adapter/1"
@@ -271,23 +272,39 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     config = read_adapter_config(path)
     if not karst_layers(model):
         apply_karst(model, config)
-    expected = _adapter_tensors(model)
-    from safetensors.torch import load_file
+    copy_checked(
+        _adapter_tensors(model),
+        load_file(str(path)),
+        mismatch=f"adapter file {path} does not fit this model",
+        hint="use the backbone and number of classes the adapter was trained with",
+    )
+    return model
 
-    tensors = load_file(str(path))
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+
+@torch.no_grad()
+def copy_checked(
+    targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], *, mismatch: str, hint: str
+) -> None:
+    """Copy ``tensors`` into ``targets`` after checking both have the same keys and shapes.
+
+    Args:
+        targets: the model's tensors to overwrite, by name.
+        tensors: the loaded tensors, by name.
+        mismatch: the start of the error when the keys differ ("adapter file X does not fit ...").
+        hint: what to try, ending both error messages.
+    """
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:
         raise ConfigError(
-            f"adapter file {path} does not fit this model: {len(missing)} missing tensors "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
-            "use the backbone and number of classes the adapter was trained with."
+            f"{mismatch}: {len(missing)} missing tensors (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); {hint}."
         )
     for key, tensor in tensors.items():
-        if expected[key].shape != tensor.shape:
+        if targets[key].shape != tensor.shape:
             raise ConfigError(
-                f"adapter tensor {key} has shape {tuple(tensor.shape)} but the model expects "
-                f"{tuple(expected[key].shape)}; use the backbone and number of classes it was trained with."
+                f"adapter tensor {key} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(targets[key].shape)}; {hint}."
             )
-        expected[key].copy_(tensor)
-    return model
+    for key, tensor in tensors.items():
+        targets[key].copy_(tensor)

@@ -33,6 +33,15 @@ def tiny_input(kind: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=g)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test: on two shared cores a second one slows tiny models down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=sorted(TINY_MODELS))
 def arch(request) -> str:
     return request.param

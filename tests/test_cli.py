@@ -7,19 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from engine_helpers import tiny_backbone, trained_run
 from PIL import Image
 
 from karst.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

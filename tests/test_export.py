@@ -34,12 +34,7 @@ print(json.dumps(model.eval()(x).tolist()))
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:

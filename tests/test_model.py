@@ -113,8 +113,12 @@ def test_save_load_round_trip(arch, tmp_path):
 def test_load_adapter_refuses_wrong_model(tmp_path):
     model = apply_karst(make_tiny("vit", num_classes=5), CFG)
     path = save_adapter(model, tmp_path / "a.safetensors")
-    with pytest.raises(ConfigError, match="shape"):
-        load_adapter(make_tiny("vit", num_classes=7), path)
+    other = apply_karst(make_tiny("vit", num_classes=7), CFG)
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ConfigError, match=r"adapter tensor head\.bias has shape \(5,\), the model expects \(7,\)"):
+        load_adapter(other, path)
+    # All-or-nothing: the shapes are checked before any tensor is copied.
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(ConfigError, match="not a readable safetensors"):
         load_adapter(make_tiny("vit"), tmp_path / "junk.safetensors")

@@ -16,14 +16,7 @@ from karst.model import apply_karst, karst_layers
 from karst.runs import RunStore, decode_array, read_jsonl
 from karst.train import Callback, feature_stats, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: a second intra-op thread makes these tiny models several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorder(Callback):
