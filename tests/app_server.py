@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from PIL import Image
 from app import AppOptions, launch
 from components.runner import Runner, SetupForm
 
-__all__ = ["AppHandle", "start_app", "fast_form", "form_values", "wait_for", "make_png", "make_evil_zip"]
+__all__ = ["AppHandle", "start_app", "fast_form", "form_values", "make_png", "make_evil_zip"]
 
 # Small enough that a run takes seconds on two CPU cores, big enough that curves have points
 # (2 steps per epoch). Validation and test sets keep their full size: the engine has no knob.
@@ -51,16 +49,6 @@ def fast_form(**changes: Any) -> SetupForm:
 def form_values(form: SetupForm) -> list[Any]:
     """The positional values of the Setup form, as the /launch and /check_settings endpoints take them."""
     return [getattr(form, f.name) for f in dataclasses.fields(form)]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
 
 
 def make_png(path: Path, color: str = "orange", size: int = 48) -> Path:

@@ -84,12 +84,12 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(predicate: Any, timeout: float = 60.0, every: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (and return it); fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what} not met within {timeout:.0f} s")

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import timm
 import torch
-from app_server import AppHandle, fast_form, form_values, make_evil_zip, make_png, start_app, wait_for
+from app_server import AppHandle, fast_form, form_values, make_evil_zip, make_png, start_app
+from engine_helpers import wait_for
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
@@ -57,7 +58,7 @@ def details(client: Client, run_id: str) -> dict[str, Any]:
 
 def wait_done(client: Client, run_id: str) -> dict[str, Any]:
     info = wait_for(lambda: (d := details(client, run_id))["status"]["status"] not in ("queued", "running") and d,
-                    RUN_TIMEOUT_S, what=f"run {run_id} finished")
+                    RUN_TIMEOUT_S, every=0.25, what=f"run {run_id} finished")
     assert info["status"]["status"] == "completed", info["status"]
     return info
 
@@ -68,7 +69,7 @@ def first_point(client: Client, server: AppHandle, changes: dict[str, Any]) -> t
     new metrics line (the UI's own share)."""
     t0, wall0 = time.monotonic(), time.time()
     run_id = launch(client, **changes)
-    wait_for(lambda: details(client, run_id)["steps_recorded"] > 0, 90, interval=0.1, what="first curve point")
+    wait_for(lambda: details(client, run_id)["steps_recorded"] > 0, 90, every=0.1, what="first curve point")
     seen, seen_at = time.monotonic() - t0, time.time()
     status = server.runner.view(run_id).status
     first_step_t = server.runner.view(run_id).steps[0]["t"]
@@ -191,14 +192,14 @@ def test_uploaded_merged_model_and_drawing(client: Client, karst_run: dict[str, 
 def test_queue_position_and_stop(client: Client, karst_run: dict[str, Any]) -> None:
     first = launch(client, epochs=20, max_train_samples=None)
     second = launch(client, method="probe")
-    wait_for(lambda: details(client, first)["status"]["status"] == "running", 60, what="first run started")
+    wait_for(lambda: details(client, first)["status"]["status"] == "running", 60, every=0.25, what="first run started")
     progress, *_ = client.predict(second, api_name="/watch")
     assert details(client, second)["queue_position"] == 1 and "place 1 in the queue" in progress
     for run_id in (second, first):  # a queued run is cancelled at once, a running one within a step
         assert "Stop requested" in client.predict(run_id, api_name="/stop")
     for run_id in (second, first):
         final = wait_for(lambda r=run_id: (s := details(client, r)["status"])["status"] not in ("queued", "running")
-                         and s, 60, what=f"{run_id} stopped")
+                         and s, 60, every=0.25, what=f"{run_id} stopped")
         assert final["status"] == "cancelled", final
     assert details(client, first)["status"]["epoch"] < 20
 
