@@ -70,17 +70,18 @@ class SetupForm:
     dataset_zip: str | None = None
     torchvision_name: str = ""
     method: str = "karst"
-    n_kernels: int = 2
-    stack_dim: int = 8
-    rank: int = 8
-    rescale: str = "channel"
-    lr: float = 1e-3
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-    max_train_samples: int | None = None
-    probe_size: int = 64
+    # The form starts from the engine's own defaults, so the app and `karst train` agree.
+    n_kernels: int = TrainConfig.n_kernels
+    stack_dim: int = TrainConfig.stack_dim
+    rank: int = TrainConfig.rank
+    rescale: str = TrainConfig.rescale
+    lr: float = TrainConfig.lr
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
+    max_train_samples: int | None = TrainConfig.max_train_samples
+    probe_size: int = TrainConfig.probe_size
 
     @classmethod
     def field_names(cls) -> list[str]:
