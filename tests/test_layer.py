@@ -146,3 +146,48 @@ def test_recompute_output_only_where_configured_and_exact():
     g = torch.randn(5, 48, dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(proj(x), params, g), torch.autograd.grad(proj._forward_autograd(x), params, g)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "m,r,lead,s",
+    [
+        (16, 2, (3,), 1),  # m >= 16: one m-block per mixing row
+        (8, 1, (5,), 1),  # r·T = 5 is odd: no s > 1 divides it
+        (8, 4, (2, 3), 2),
+        (4, 3, (5,), 3),  # s = 4 would want r·T divisible by 4; 3 divides 15
+        (2, 2, (7,), 7),
+    ],
+)
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fused_mixing_groups_equal_autograd(m, r, lead, s, recompute):
+    # The fused path mixes s m-blocks per GEMM row with I_s ⊗ C_iᵀ (s·m >= 16 where s divides r·T):
+    # every grouping gives autograd's values and gradients.
+    from karst._kron import KronRescaleFunction, _mix_group
+
+    t = 1
+    for d in lead:
+        t *= d
+    assert _mix_group(m, r * t) == s
+    layer = _perturbed(stack_dim=m, rank=r)
+    x = torch.randn(*lead, 32, dtype=torch.float64, requires_grad=True)
+    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
+    base = layer.base
+    out = KronRescaleFunction.apply(x, base.weight, base.bias, *params, recompute)
+    expected = layer._forward_autograd(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(expected, [x, *params], g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_fused_path_with_frozen_scale():
+    # Only s1 frozen: no ∂L/∂s1 product is formed, g·(1+s1) gets its own buffer.
+    layer = _perturbed()
+    layer.s1.requires_grad_(False)
+    x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
+    params = [x, layer.C, layer.A, layer.B, layer.s2]
+    g = torch.randn(2, 5, 48, dtype=torch.float64)
+    fused = torch.autograd.grad(layer(x), params, g)
+    plain = torch.autograd.grad(layer._forward_autograd(x), params, g)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
