@@ -1,4 +1,4 @@
-"""Speed and memory of KARST vs PEFT LoRA / LoKr, full fine-tuning, norm-only and probe.
+"""Speed and memory of KARST vs PEFT LoRA / LoKr, full fine-tuning, the floor (norms + head) and probe.
 
     python benchmarks/bench_speed.py --models vit_small_patch16_224 vit_base_patch16_224 --device cpu \
         --out benchmarks/RESULTS.md

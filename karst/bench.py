@@ -1,11 +1,15 @@
-"""Speed and memory benchmark: KARST against PEFT LoRA / LoKr, full fine-tuning, norm-only and probe.
+"""Speed and memory benchmark: KARST against PEFT LoRA / LoKr, full fine-tuning, the floor and probe.
 
 Every method is built on a copy of the same randomly initialised backbone (``pretrained=False``:
 speed and memory do not depend on the weights) and trained on the same random batch. Methods are
 timed round-robin, one step each per round, so that a noisy shared machine slows them alike; the
-table gives the median ms/step and, as "× LoRA", the median over rounds of each round's ratio
-(:func:`paired_ratio`), which cancels load changes that last a round. One training step =
+table gives the median ms/step and, as "× LoRA" and "× LoKr", the median over rounds of each round's
+ratio (:func:`paired_ratio`), which cancels load changes that last a round. One training step =
 forward + backward + AdamW step (timm's ``create_optimizer_v2``, as in :mod:`karst.train`).
+
+The "floor (norms + head)" row trains only the normalisation layers and the classifier head (the
+head every other row trains too), so its backward pass still runs through the whole frozen
+backbone: no adapter's step can be cheaper. Its ratio to LoKr says how low "× LoKr" can go at all.
 
 Peak memory, measured in a separate, untimed step per method:
 
@@ -48,9 +52,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .device import autocast, resolve_device
 from .errors import ConfigError, KarstError
 from .methods import MethodConfig, build_method
+from .model import head_parameter_names
 
 __all__ = [
     "METHOD_SPECS",
+    "METHOD_LABELS",
     "DEFAULT_MODELS",
     "run_benchmark",
     "format_table",
@@ -62,7 +68,7 @@ __all__ = [
 
 DEFAULT_MODELS: tuple[str, ...] = ("vit_small_patch16_224", "vit_base_patch16_224")
 
-# Benchmark rows -> MethodConfig keyword arguments (None: built here, see _build_norm_only).
+# Benchmark rows -> MethodConfig keyword arguments (None: built here, see _build_floor).
 # KARST: N=2, m=8, r=8; LoRA and LoKr r=8; all on the same targets (qkv, proj, fc1, fc2).
 METHOD_SPECS: dict[str, dict[str, Any] | None] = {
     "karst": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, rescale="channel"),
@@ -71,10 +77,13 @@ METHOD_SPECS: dict[str, dict[str, Any] | None] = {
     "lora": dict(method="lora", rank=8),
     "lokr": dict(method="lokr", rank=8),
     "full": dict(method="full"),
-    "norm-only": None,
+    "floor": None,
     "probe": dict(method="probe"),
 }
+# How a row is named in the table, where that differs from its key (the ``--methods`` value).
+METHOD_LABELS: dict[str, str] = {"floor": "floor (norms + head)"}
 _REFERENCE = "lora"
+_LOKR = "lokr"
 
 
 # -- memory accounting ------------------------------------------------------------------------
@@ -187,11 +196,13 @@ def _load_model(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Modul
         ) from None
 
 
-def _build_norm_only(model: nn.Module) -> nn.Module:
-    """Only the normalisation layers' affine parameters train: backward still runs through the whole
-    frozen backbone, so this is the floor any adapter's step time and memory can reach."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+def _build_floor(model: nn.Module) -> nn.Module:
+    """Only the normalisation layers' affine parameters and the classifier head train: backward still
+    runs through the whole frozen backbone, so this is the floor any adapter's step time and memory
+    can reach (every adapter row trains the same head)."""
+    head = head_parameter_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in head)
     found = False
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)) or "Norm" in type(module).__name__:
@@ -199,7 +210,7 @@ def _build_norm_only(model: nn.Module) -> nn.Module:
                 p.requires_grad_(True)
                 found = True
     if not found:
-        raise ConfigError(f"{type(model).__name__} has no normalisation layers; drop 'norm-only' from --methods.")
+        raise ConfigError(f"{type(model).__name__} has no normalisation layers; drop 'floor' from --methods.")
     return model
 
 
@@ -229,7 +240,7 @@ def _build_case(method: str, base: nn.Module, device: torch.device) -> _Case:
     model = copy.deepcopy(base)
     spec = METHOD_SPECS[method]
     if spec is None:
-        module = _build_norm_only(model)
+        module = _build_floor(model)
         merged: Callable[[], nn.Module] = lambda: copy.deepcopy(module)  # noqa: E731
     else:
         built = build_method(model, MethodConfig(**spec))
@@ -334,8 +345,9 @@ def run_benchmark(
 
     Returns:
         Rows with ``model, method, trainable_params, total_params, ms_step, ms_step_vs_lora,
-        peak_mb, peak_vs_lora, saved_mb, infer_ms, infer_vs_base, base_infer_ms, merge_max_abs_err,
-        device, memory_kind, batch_size, steps, warmup``; ratios are None without a LoRA row.
+        ms_step_vs_lokr, peak_mb, peak_vs_lora, saved_mb, infer_ms, infer_vs_base, base_infer_ms,
+        merge_max_abs_err, device, memory_kind, batch_size, steps, warmup``; ratios to LoRA (LoKr)
+        are None without a LoRA (LoKr) row.
     """
     unknown = [m for m in methods if m not in METHOD_SPECS]
     if unknown or not methods:
@@ -414,6 +426,7 @@ def run_benchmark(
             say(f"{model_name}: inference timed")
 
         ref = next((c for c in cases if c.method == _REFERENCE), None)
+        lokr = next((c for c in cases if c.method == _LOKR), None)
         ref_mem = mem.get(_REFERENCE, (None,))[0]
         base_infer = _median(base_ms) if base_ms else None
         kind = (
@@ -434,6 +447,7 @@ def run_benchmark(
                     "total_params": case.total,
                     "ms_step": ms,
                     "ms_step_vs_lora": paired_ratio(case.step_ms, ref.step_ms) if ref else None,
+                    "ms_step_vs_lokr": paired_ratio(case.step_ms, lokr.step_ms) if lokr else None,
                     "peak_mb": peak / 2**20 if peak is not None else None,
                     "peak_vs_lora": peak / ref_mem if peak is not None and ref_mem else None,
                     "saved_mb": saved / 2**20 if saved is not None else None,
@@ -463,7 +477,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one table per model (method, params, ms/step, × LoRA, peak MB, × LoRA, ...)."""
+    """Markdown: one table per model (method, params, ms/step, × LoRA, × LoKr, peak MB, × LoRA, ...)."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == model]
@@ -483,14 +497,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             out.append(f"Unadapted model inference: {first['base_infer_ms']:.1f} ms/batch.")
         out.append("")
         out.append(
-            "| method | trainable params | ms/step | × LoRA | peak memory (MB) | × LoRA | saved for backward (MB)"
-            " | merged inference ms | × unadapted |"
+            "| method | trainable params | ms/step | × LoRA | × LoKr | peak memory (MB) | × LoRA"
+            " | saved for backward (MB) | merged inference ms | × unadapted |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in group:
             out.append(
-                f"| {r['method']} | {r['trainable_params']:,} | {_fmt(r['ms_step'], '.1f')} "
-                f"| {_fmt(r['ms_step_vs_lora'], '.2f')} | {_fmt(r['peak_mb'], '.1f')} "
+                f"| {METHOD_LABELS.get(r['method'], r['method'])} | {r['trainable_params']:,} "
+                f"| {_fmt(r['ms_step'], '.1f')} | {_fmt(r['ms_step_vs_lora'], '.2f')} "
+                f"| {_fmt(r.get('ms_step_vs_lokr'), '.2f')} | {_fmt(r['peak_mb'], '.1f')} "
                 f"| {_fmt(r['peak_vs_lora'], '.3f')} | {_fmt(r['saved_mb'], '.1f')} "
                 f"| {_fmt(r['infer_ms'], '.1f')} | {_fmt(r['infer_vs_base'], '.2f')} |"
             )

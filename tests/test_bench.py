@@ -111,12 +111,49 @@ def test_run_benchmark_smoke():
         assert r["ms_step"] > 0 and r["peak_mb"] > 0 and r["infer_ms"] > 0 and r["trainable_params"] > 0
         assert r["merge_max_abs_err"] < 1e-4, r["method"]  # merged model = adapted model
     assert by["lora"]["ms_step_vs_lora"] == pytest.approx(1.0) and by["lora"]["peak_vs_lora"] == pytest.approx(1.0)
-    assert by["probe"]["saved_mb"] < by["norm-only"]["saved_mb"] < by["lora"]["saved_mb"]
+    assert by["probe"]["saved_mb"] < by["floor"]["saved_mb"] < by["lora"]["saved_mb"]
     assert by["full"]["trainable_params"] == by["full"]["total_params"]
     table = format_table(rows)
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| method | trainable params | ms/step | × LoRA | peak memory (MB) | × LoRA")
+    assert lines[0].startswith("| method | trainable params | ms/step | × LoRA | × LoKr | peak memory (MB) | × LoRA")
     assert len(lines) == 1 + len(methods)
+
+
+def test_floor_row_trains_norms_and_head_only(one_thread):
+    # The floor: every LayerNorm and the head train (the head the adapters train too), nothing else;
+    # backward runs through the whole frozen backbone, so it saves more than the probe, less than LoRA.
+    import timm
+
+    from karst.bench import _build_floor
+
+    model = _build_floor(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **TINY_VIT))
+    norms = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, nn.LayerNorm) for p in ("weight", "bias")}
+    assert len(norms) == 2 * (2 * TINY_VIT["depth"] + 1)  # norm1, norm2 per block, the final norm
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == norms | {"head.weight", "head.bias"}
+
+    rows = run_benchmark(
+        ["vit_tiny_patch16_224"], ["lora", "lokr", "floor", "probe"], device="cpu", batch_size=2, steps=2,
+        warmup=0, model_kwargs=TINY_VIT, inference=False, clock="cpu",
+    )  # fmt: skip
+    by = {r["method"]: r for r in rows}
+    assert by["floor"]["trainable_params"] == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+    assert by["probe"]["saved_mb"] < by["floor"]["saved_mb"] < by["lora"]["saved_mb"]
+    assert by["lokr"]["ms_step_vs_lokr"] == pytest.approx(1.0)
+    assert by["floor"]["ms_step_vs_lora"] > 0 and by["floor"]["ms_step_vs_lokr"] > 0
+    row = next(ln for ln in format_table(rows).splitlines() if ln.startswith("| floor"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "floor (norms + head)"
+    assert cells[4] == format(by["floor"]["ms_step_vs_lokr"], ".2f")  # the × LoKr column
+
+
+def test_ratio_columns_are_empty_without_their_reference():
+    rows = run_benchmark(
+        ["vit_tiny_patch16_224"], ["karst", "floor"], device="cpu", batch_size=1, steps=1, warmup=0,
+        model_kwargs=TINY_VIT, memory=False, inference=False, clock="cpu",
+    )  # fmt: skip
+    assert all(r["ms_step_vs_lora"] is None and r["ms_step_vs_lokr"] is None for r in rows)
+    assert "| floor (norms + head) | " in format_table(rows)
 
 
 def test_main_writes_table_and_json(tmp_path, capsys):
