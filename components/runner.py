@@ -75,7 +75,7 @@ class SetupForm:
     stack_dim: int = TrainConfig.stack_dim
     rank: int = TrainConfig.rank
     rescale: str = TrainConfig.rescale
-    lr: float = TrainConfig.lr
+    lr: float | None = TrainConfig.lr  # None: the method's default learning rate
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
     seed: int = TrainConfig.seed
@@ -96,7 +96,8 @@ class SetupForm:
         return TrainConfig(
             backbone=backbone, backbone_arch=arch, dataset=dataset, method=self.method,
             n_kernels=_as_int("N (kernels)", self.n_kernels), stack_dim=_as_int("m (stack dim)", self.stack_dim),
-            rank=_as_int("r (rank)", self.rank), rescale=self.rescale, lr=_as_float("learning rate", self.lr),
+            rank=_as_int("r (rank)", self.rank), rescale=self.rescale,
+            lr=_as_float("learning rate", self.lr, optional=True),
             epochs=_as_int("epochs", self.epochs), batch_size=_as_int("batch size", self.batch_size),
             seed=_as_int("seed", self.seed), device=self.device,
             warmup_epochs=min(1, max(0, _as_int("epochs", self.epochs) - 1)),
@@ -118,8 +119,10 @@ def _as_int(name: str, value: Any, optional: bool = False) -> int | None:
         raise ConfigError(f"{name}={value!r} must be a whole number.") from None
 
 
-def _as_float(name: str, value: Any) -> float:
+def _as_float(name: str, value: Any, optional: bool = False) -> float | None:
     if value is None or value == "":
+        if optional:
+            return None
         raise ConfigError(f"{name} is empty; enter a number such as 1e-3.")
     try:
         return float(value)

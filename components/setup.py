@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET
+from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR
 
 from . import texts
 from .guard import guarded
@@ -78,7 +78,10 @@ def build(runner: Runner) -> SetupPanel:
                     f["rescale"] = gr.Radio(["channel", "scalar", "none"], value=d.rescale, label="Re-scaling",
                                             elem_id="rescale")
             with gr.Row():
-                f["lr"] = gr.Number(d.lr, label="Learning rate", elem_id="lr")
+                f["lr"] = gr.Number(
+                    d.lr, label="Learning rate (empty: the method's default)", elem_id="lr",
+                    info=", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; use 1e-3 for ViT-B",
+                )
                 f["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
                 f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1,
                                             elem_id="batch-size")

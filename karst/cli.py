@@ -34,7 +34,7 @@ _TRAIN_FLAGS = {
     "epochs": ("--epochs", int, "training epochs"),
     "warmup_epochs": ("--warmup-epochs", int, "linear warm-up epochs"),
     "batch_size": ("--batch-size", int, "images per step"),
-    "lr": ("--lr", float, "peak learning rate (AdamW)"),
+    "lr": ("--lr", float, "peak learning rate (AdamW); default per method, see karst.config.DEFAULT_LR"),
     "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
     "seed": ("--seed", int, "random seed"),
     "device": ("--device", str, "auto | cpu | cuda | mps"),

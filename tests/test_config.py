@@ -7,6 +7,7 @@ import json
 import pytest
 
 from karst import ConfigError, KarstConfig, TrainConfig
+from karst.config import DEFAULT_LR
 
 
 def test_train_config_round_trip():
@@ -46,3 +47,19 @@ def test_unknown_keys_are_named():
 
 def test_karst_config_accepts_single_target_string():
     assert KarstConfig(target_modules="qkv").target_modules == ("qkv",)
+
+
+@pytest.mark.parametrize("method", ["karst", "lora", "lokr", "full", "probe"])
+def test_learning_rate_defaults_per_method_and_is_recorded(method):
+    cfg = TrainConfig(method=method)
+    assert cfg.lr == DEFAULT_LR[method]
+    assert TrainConfig.from_dict(cfg.to_dict()).lr == DEFAULT_LR[method]  # config.json holds the number
+    assert TrainConfig(method=method, lr=0.5).lr == 0.5  # an explicit choice always wins
+
+
+def test_setup_form_empty_learning_rate_means_the_method_default():
+    from components.runner import SetupForm
+
+    assert SetupForm(method="lora", lr=None).to_train_config().lr == DEFAULT_LR["lora"]
+    assert SetupForm(method="lora", lr="").to_train_config().lr == DEFAULT_LR["lora"]
+    assert SetupForm(method="lora", lr=0.02).to_train_config().lr == 0.02
