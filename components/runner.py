@@ -64,6 +64,7 @@ class SetupForm:
     backbone: str = DEFAULT_BACKBONE
     weights_path: str = ""
     weights_arch: str = ""
+    pretrained: bool = TrainConfig.pretrained
     dataset_source: DatasetSource = "embedded"
     dataset: str = DEFAULT_DATASET
     dataset_path: str = ""
@@ -94,7 +95,8 @@ class SetupForm:
                                self.torchvision_name)
         max_samples = _as_int("max_train_samples", self.max_train_samples, optional=True)
         return TrainConfig(
-            backbone=backbone, backbone_arch=arch, dataset=dataset, method=self.method,
+            backbone=backbone, backbone_arch=arch, pretrained=bool(self.pretrained), dataset=dataset,
+            method=self.method,
             n_kernels=_as_int("N (kernels)", self.n_kernels), stack_dim=_as_int("m (stack dim)", self.stack_dim),
             rank=_as_int("r (rank)", self.rank), rescale=self.rescale,
             lr=_as_float("learning rate", self.lr, optional=True),
@@ -615,10 +617,13 @@ class Runner:
 def _method_label(cfg: dict[str, Any]) -> str:
     method = cfg.get("method", "?")
     if method == "karst":
-        return f"karst N{cfg.get('n_kernels')} m{cfg.get('stack_dim')} r{cfg.get('rank')}"
-    if method in ("lora", "lokr"):
-        return f"{method} r{cfg.get('rank')}"
-    return method
+        label = f"karst N{cfg.get('n_kernels')} m{cfg.get('stack_dim')} r{cfg.get('rank')}"
+    elif method in ("lora", "lokr"):
+        label = f"{method} r{cfg.get('rank')}"
+    else:
+        label = method
+    # A random-init run must not pass for a pre-trained one in the run list and comparisons.
+    return label if cfg.get("pretrained", True) else f"{label} (random init)"
 
 
 def _image_name(item: Any, i: int) -> str:

@@ -53,6 +53,9 @@ def build(runner: Runner) -> SetupPanel:
                                                visible=False, elem_id="weights-path")
                 f["weights_arch"] = gr.Textbox(label="timm architecture of that file", visible=False,
                                                placeholder="vit_base_patch16_224", elem_id="weights-arch")
+                f["pretrained"] = gr.Checkbox(d.pretrained, label="Pre-trained weights", elem_id="pretrained",
+                                              info="Untick for the same architecture with random weights: "
+                                                   "what the pre-training is worth.")
             with gr.Group():
                 gr.Markdown("**Data**")
                 f["dataset_source"] = gr.Radio(_DATASET_SOURCES, value=d.dataset_source, show_label=False,

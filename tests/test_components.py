@@ -143,6 +143,16 @@ def test_form_errors_are_one_line_karst_errors(changes, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+def test_random_init_choice_reaches_the_run_and_its_label():
+    from components.runner import _method_label
+
+    assert SetupForm().to_train_config().pretrained is True
+    cfg = SetupForm(pretrained=False).to_train_config()
+    assert cfg.pretrained is False
+    assert _method_label(cfg.to_dict()) == "karst N2 m8 r8 (random init)"
+    assert _method_label(SetupForm(method="lora").to_train_config().to_dict()) == "lora r8"
+
+
 def test_numbers_from_gradio_floats_are_accepted():
     cfg = SetupForm(n_kernels=4.0, stack_dim=4.0, rank=2.0, epochs=3.0, max_train_samples=64.0).to_train_config()
     assert (cfg.n_kernels, cfg.stack_dim, cfg.rank, cfg.max_train_samples) == (4, 4, 2, 64)
