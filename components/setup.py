@@ -81,9 +81,12 @@ def build(runner: Runner) -> SetupPanel:
                     f["rescale"] = gr.Radio(["channel", "scalar", "none"], value=d.rescale, label="Re-scaling",
                                             elem_id="rescale")
             with gr.Row():
+                # Shown as a number (a browser sends an empty Number as 0); choosing a method
+                # puts that method's default here.
                 f["lr"] = gr.Number(
-                    d.lr, label="Learning rate (empty: the method's default)", elem_id="lr",
-                    info=", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "; use 1e-3 for ViT-B",
+                    DEFAULT_LR[d.method], label="Learning rate", elem_id="lr",
+                    info="Method defaults: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+                    + "; 1e-3 for ViT-B on VTAB-1K.",
                 )
                 f["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
                 f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1,
@@ -123,7 +126,7 @@ def show_method_fields(method: str) -> tuple:
     kron = method == "karst"
     ranked = method in ("karst", "lora", "lokr")
     return (texts.METHOD_NOTES[method], gr.update(visible=kron), gr.update(visible=kron),
-            gr.update(visible=ranked), gr.update(visible=kron))
+            gr.update(visible=ranked), gr.update(visible=kron), gr.update(value=DEFAULT_LR[method]))
 
 
 def launch_run(runner: Runner, *values: Any) -> tuple:
@@ -142,7 +145,7 @@ def bind(p: SetupPanel, runner: Runner, header: Header, tabs: gr.Tabs, demo: gr.
                                [f["dataset"], f["dataset_path"], f["dataset_zip"], f["torchvision_name"]],
                                api_visibility="private")
     f["method"].change(show_method_fields, f["method"],
-                       [p.method_note, f["n_kernels"], f["stack_dim"], f["rank"], f["rescale"]],
+                       [p.method_note, f["n_kernels"], f["stack_dim"], f["rank"], f["rescale"], f["lr"]],
                        api_visibility="private")
     # Live validation: any edit re-checks; "always_last" drops stale checks while the user types.
     gr.on([c.change for c in p.inputs()] + [demo.load], guarded(partial(check_settings, runner)),

@@ -78,6 +78,14 @@ def expect_no_traceback(page) -> None:
 def test_launch_shows_live_curves(page) -> None:
     check = page.locator("#settings-check")
     expect(check).to_contain_text("trainable parameters")
+    # The learning rate field shows the chosen method's default, as a number the browser sends back.
+    lr = page.locator("#lr input")
+    expect(lr).to_have_value("0.01")
+    page.locator("#method").get_by_text("LoRA", exact=True).click()
+    expect(lr).to_have_value("0.003")
+    page.locator("#method").get_by_text("KARST (Kronecker + re-scaling)", exact=True).click()
+    expect(lr).to_have_value("0.01")
+    expect(check).to_contain_text("trainable parameters")
     set_number(page, "epochs", "2")
     page.get_by_text("More", exact=True).click()
     set_number(page, "max-train-samples", "64")
