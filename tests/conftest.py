@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import timm
@@ -25,6 +28,15 @@ def make_tiny(kind: str, num_classes: int = 5, seed: int = 0) -> torch.nn.Module
     name, kwargs = TINY_MODELS[kind]
     torch.manual_seed(seed)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def load_script(filename: str) -> ModuleType:
+    """Import a file of scripts/ (not a package) as a module, to call its main() in-process."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_input(kind: str, batch: int = 2, seed: int = 1) -> torch.Tensor:

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
 from karst.backbones import load_backbone
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_embedded.py"
-
 
 @pytest.fixture(scope="module")
 def pretrain():
-    spec = importlib.util.spec_from_file_location("pretrain_embedded", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_script("pretrain_embedded.py").main
 
 
 def _run(pretrain, out: Path, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
