@@ -9,6 +9,7 @@ Kernel indices follow the paper: ``kernel=i`` selects ``C_i`` and ``A_i B_i`` wi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,23 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
 
 
+def _delta_and_spectrum(run: Path, layer: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """ΔW and its singular values, cached: the SVD of a ViT-B layer's ΔW takes seconds, and every
+    kernel of a layer (and every redraw) shares it. The snapshot's mtime is part of the key, so a
+    rewritten file is never served stale."""
+    snap = _snap(run, epoch, "epoch")
+    return _cached_delta_and_spectrum(str(run), layer, epoch, snap.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_delta_and_spectrum(run: str, layer: str, epoch: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    delta = delta_weight(layer_tensors(run, layer, epoch))
+    sv = singular_values(delta)
+    delta.setflags(write=False)  # shared between callers: nobody may modify it in place
+    sv.setflags(write=False)
+    return delta, sv
+
+
 def lora_equal_budget_rank(d_out: int, d_in: int, n_kernels: int, stack_dim: int, rank: int) -> int:
     """r' such that a LoRA ``B'A'`` (r'·(d_in+d_out) numbers) costs at most what ΔW costs.
 
@@ -164,8 +182,7 @@ def kernel_view(run: str | Path, layer: str, kernel: int = 1, epoch: int | None 
         raise RunError(f"kernel={kernel} is out of range; this layer has kernels 1..{n}.")
     C, A, B = t["C"][kernel - 1], t["A"][kernel - 1], t["B"][kernel - 1]
     AB = A @ B
-    delta = delta_weight(t)
-    sv = singular_values(delta)
+    delta, sv = _delta_and_spectrum(run, layer, epoch)
     d_out, d_in = delta.shape
     r_lora = lora_equal_budget_rank(d_out, d_in, n, m, A.shape[1])
     lora_sv = np.concatenate([sv[:r_lora], np.zeros(max(0, len(sv) - r_lora))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,20 @@ def test_kernel_view_shapes_and_values(run) -> None:
     assert np.count_nonzero(v["lora_sv"]) == 1 and v["lora_sv"][0] == v["sv"][0]
     assert 0 < v["lora_energy"] < 1 and v["rank_numeric"] > v["lora_rank"]
     assert "best rank-1 approximation" in v["note"]
+
+
+def test_spectrum_is_computed_once_per_snapshot_and_never_served_stale(run) -> None:
+    name = "blocks.1.attn.qkv"
+    a, b = (ki.kernel_view(run, name, kernel=i, epoch=1) for i in (1, 2))
+    assert a["delta"] is b["delta"] and a["sv"] is b["sv"]  # both kernels share one SVD
+    assert not a["delta"].flags.writeable
+    # A rewritten snapshot (new mtime) is read again, not served from the cache.
+    snap = run / "snapshots" / "epoch_001.safetensors"
+    st = snap.stat()
+    os.utime(snap, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    c = ki.kernel_view(run, name, kernel=1, epoch=1)
+    assert c["delta"] is not a["delta"]
+    np.testing.assert_array_equal(c["delta"], a["delta"])
 
 
 def test_epoch_zero_is_the_pretrained_model(run) -> None:
