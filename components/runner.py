@@ -70,7 +70,7 @@ class SetupForm:
     dataset_path: str = ""
     dataset_zip: str | None = None
     torchvision_name: str = ""
-    method: str = "karst"
+    method: str = TrainConfig.method
     # The form starts from the engine's own defaults, so the app and `karst train` agree.
     n_kernels: int = TrainConfig.n_kernels
     stack_dim: int = TrainConfig.stack_dim
