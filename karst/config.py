@@ -115,7 +115,7 @@ class KarstConfig:
 
 
 # Peak AdamW learning rate per method when none is given. The PETL literature trains adapters at
-# about 1e-3 for ~100 epochs; the embedded default's 200-step CPU budget needs more. Picked on
+# about 1e-3 for ~100 epochs; the embedded default's 150-step CPU budget needs more. Picked on
 # synth-orientation validation accuracy after 8 epochs (KARST 1e-3 / 3e-3 / 1e-2: 17 / 33 / 67%;
 # LoRA 3e-3 / 1e-2: 67 / 17%, its alpha/r = 2 scaling already doubles the step; LoKr 3e-3 / 1e-2:
 # 27 / 65%; full fine-tuning 2e-4 / 1e-3: 48 / 73%; linear probe 1e-2 / 3e-2: 19 / 21%). For a large
