@@ -66,14 +66,7 @@ def shape_sdf(kind: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndar
     if kind == "ellipse":
         q = np.sqrt((u / r) ** 2 + (v / (0.45 * r)) ** 2)
         return (1.0 - q) * 0.45 * r
-    if kind == "halfdisk":
-        return np.minimum(r - np.sqrt(u * u + v * v), -v)
     raise ValueError(f"unknown shape kind {kind!r}")
-
-
-def rect_sdf(u: np.ndarray, v: np.ndarray, half_w: np.ndarray, half_h: np.ndarray) -> np.ndarray:
-    """Signed distance of an axis-aligned (in the local frame) rectangle."""
-    return np.minimum(half_w[:, None, None] - np.abs(u), half_h[:, None, None] - np.abs(v))
 
 
 def coverage(sdf: np.ndarray) -> np.ndarray:
