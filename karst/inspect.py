@@ -129,21 +129,23 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False)
 
 
-def _delta_and_spectrum(run: Path, layer: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """ΔW and its singular values, cached: the SVD of a ViT-B layer's ΔW takes seconds, and every
-    kernel of a layer (and every redraw) shares it. The snapshot's mtime is part of the key, so a
-    rewritten file is never served stale."""
+def _layer_with_spectrum(run: Path, layer: str, epoch: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The layer's tensors, ΔW and its singular values, cached: the SVD of a ViT-B layer's ΔW takes
+    seconds, and every kernel of a layer (and every redraw) shares it. The snapshot's mtime is part
+    of the key, so a rewritten file is never served stale."""
     snap = _snap(run, epoch, "epoch")
-    return _cached_delta_and_spectrum(str(run), layer, epoch, snap.stat().st_mtime_ns)
+    return _cached_layer_with_spectrum(str(run), layer, epoch, snap.stat().st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_delta_and_spectrum(run: str, layer: str, epoch: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    delta = delta_weight(layer_tensors(run, layer, epoch))
+def _cached_layer_with_spectrum(run: str, layer: str, epoch: int, mtime_ns: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    tensors = layer_tensors(run, layer, epoch)
+    delta = delta_weight(tensors)
     sv = singular_values(delta)
-    delta.setflags(write=False)  # shared between callers: nobody may modify it in place
-    sv.setflags(write=False)
-    return delta, sv
+    for array in (*tensors.values(), delta, sv):  # shared between callers: nobody may modify them
+        if array is not None:
+            array.setflags(write=False)
+    return tensors, delta, sv
 
 
 def lora_equal_budget_rank(d_out: int, d_in: int, n_kernels: int, stack_dim: int, rank: int) -> int:
@@ -176,13 +178,12 @@ def kernel_view(run: str | Path, layer: str, kernel: int = 1, epoch: int | None 
     """
     run = _run_dir(run)
     epoch = _check_epoch(run, epoch, epochs(run), "adapter snapshots")
-    t = layer_tensors(run, layer, epoch)
+    t, delta, sv = _layer_with_spectrum(run, layer, epoch)
     n, m = t["C"].shape[0], t["C"].shape[1]
     if not 1 <= kernel <= n:
         raise RunError(f"kernel={kernel} is out of range; this layer has kernels 1..{n}.")
     C, A, B = t["C"][kernel - 1], t["A"][kernel - 1], t["B"][kernel - 1]
     AB = A @ B
-    delta, sv = _delta_and_spectrum(run, layer, epoch)
     d_out, d_in = delta.shape
     r_lora = lora_equal_budget_rank(d_out, d_in, n, m, A.shape[1])
     lora_sv = np.concatenate([sv[:r_lora], np.zeros(max(0, len(sv) - r_lora))])
