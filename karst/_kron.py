@@ -60,9 +60,11 @@ def _mix_matrix(C: torch.Tensor, s: int) -> torch.Tensor:
 
 
 # MKL runs the GEMM small (R, c) @ big (T·m, c)ᵀ, R = N·r = 16, up to twice as slow as big @ smallᵀ
-# when c is large (c = 192: 2.3 ms vs 1.2 ms for T·m = 6304 on the benchmark machine, 1 thread),
-# enough to pay for transposing the (T·m, R) product into place (~0.1 ms); at c = 48 the plain
-# order is faster. Used for the down-projection (c = d_in/m) and ∂L/∂Vᵀ (c = d_out/m).
+# when c is large (c = 192, T·m = 6304, 1 thread on the benchmark machine: 1.1-2.3 ms vs 0.8-1.2 ms
+# including the ~0.1 ms transpose of the (T·m, R) product into place); at c = 48 the plain order is
+# faster and at c = 144 (vit_small's qkv ∂Vᵀ) they tie. Used for the down-projection (c = d_in/m)
+# and ∂L/∂Vᵀ (c = d_out/m). Paired per layer (vit_small, T = 4·197, forward + backward): fc1
+# -1.1 ms (-3.0%), fc2 -1.7 ms (-4.5%).
 _T_ORDER_MIN = 192
 
 
@@ -82,7 +84,8 @@ def _down_mix_t(x2: torch.Tensor, mix: torch.Tensor, B: torch.Tensor) -> tuple[t
     Why transposed: with the m rows of every token in the *last* axis, mixing them with C_i is one
     batched GEMM over the N kernels, (r·T, m) @ C_iᵀ (s blocks at a time: (r·T/s, s·m) @ (I_s ⊗ C_iᵀ)),
     and every other product in forward and backward is a plain GEMM whose operands are views (GEMMs
-    take transposed operands without copying). With U laid out (T, m, N, r), as the GEMM X Bᵀ
+    take transposed operands without copying; for wide d_in/m the down-projection is the one
+    exception, see ``_mm_t``). With U laid out (T, m, N, r), as the GEMM X Bᵀ
     produces it, the mixing needs permute copies of U and V (and of ∂V, ∂U in backward).
     ``mix`` is ``_mix_matrix(C, s)``.
     """
