@@ -191,3 +191,23 @@ def test_fused_path_with_frozen_scale():
     plain = torch.autograd.grad(layer._forward_autograd(x), params, g)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("order_min", [1, 10**9])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_fused_gemm_order_equals_autograd(monkeypatch, order_min, recompute):
+    # small @ bigᵀ runs as (big @ smallᵀ)ᵀ for wide operands (_T_ORDER_MIN): both orders give
+    # autograd's values and gradients, for the down-projection and for ∂L/∂Vᵀ.
+    import karst._kron as kron
+
+    monkeypatch.setattr(kron, "_T_ORDER_MIN", order_min)
+    layer = _perturbed()
+    x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
+    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
+    base = layer.base
+    out = kron.KronRescaleFunction.apply(x, base.weight, base.bias, *params, recompute)
+    expected = layer._forward_autograd(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(expected, [x, *params], g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
