@@ -64,7 +64,9 @@ def _mix_matrix(C: torch.Tensor, s: int) -> torch.Tensor:
 # including the ~0.1 ms transpose of the (T·m, R) product into place); at c = 48 the plain order is
 # faster and at c = 144 (vit_small's qkv ∂Vᵀ) they tie. Used for the down-projection (c = d_in/m)
 # and ∂L/∂Vᵀ (c = d_out/m). Paired per layer (vit_small, T = 4·197, forward + backward): fc1
-# -1.1 ms (-3.0%), fc2 -1.7 ms (-4.5%).
+# -1.1 ms (-3.0%), fc2 -1.7 ms (-4.5%). With 2 threads the plain order hardly parallelises (c = 192:
+# 1.38 ms vs 0.53 ms, +0.18 ms for the transpose, which does not parallelise either), so there
+# fc2's layer gains ~4-6 ms of CPU time of ~45.
 _T_ORDER_MIN = 192
 
 
@@ -119,13 +121,13 @@ def kron_delta(C: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tenso
     return torch.einsum("nab,npq->apbq", C, D).reshape(m * p, m * k)
 
 
-def _pre_rescale(x2: torch.Tensor, weight, bias, Vt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+def _pre_rescale(x2: torch.Tensor, weight, bias, Vt: torch.Tensor, A_flat: torch.Tensor) -> torch.Tensor:
     """z = W0 x + b0 + ΔW x for tokens x2 (T, d_in) and their Vᵀ, as a fresh (T, d_out) tensor."""
     z = F.linear(x2, weight, bias)
     # ΔW x accumulates into z inside the up-projection GEMM (no (T, d_out) temporary):
     # z viewed (T·m, d_out/m) += V (T·m, N·r) @ A_flat. In-place ops are not autocast: cast to z's
     # dtype (bf16 under autocast) as matmul would; .to() is free when the dtypes already match.
-    z.view(-1, A.shape[1]).addmm_(Vt.t().to(z.dtype), _flat_A(A).to(z.dtype))
+    z.view(-1, A_flat.shape[1]).addmm_(Vt.t().to(z.dtype), A_flat.to(z.dtype))
     return z
 
 
@@ -154,7 +156,10 @@ class KronRescaleFunction(torch.autograd.Function):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # (T, d_in): a view unless x is non-contiguous
         mix = _mix_matrix(C, _mix_group(C.shape[1], B.shape[1] * x2.shape[0]))
-        z = _pre_rescale(x2, weight, bias, _down_mix_t(x2, mix, B)[1], A)
+        A_flat = _flat_A(A)
+        z = _pre_rescale(x2, weight, bias, _down_mix_t(x2, mix, B)[1], A_flat)
+        # Built once per step and kept (N·(s·m)² + N·r·d_out/m values) rather than rebuilt in backward.
+        ctx.mix, ctx.A_flat = mix, A_flat
         # Save x itself, not x2: if x2 is a copy of a non-contiguous x, saving it would keep a
         # second (T, d_in) tensor alive next to the one the caller holds.
         ctx.recompute = bool(recompute_output) and s1 is not None
@@ -180,8 +185,8 @@ class KronRescaleFunction(torch.autograd.Function):
         x2 = x.reshape(t, m * k)
         # Recompute the cheap low-rank intermediates (N·r, T·m) rather than storing them, once, with
         # the forward's own ops (so that a recomputed z is exactly the one the forward scaled).
-        s = _mix_group(m, r * t)
-        mix = _mix_matrix(C, s)
+        mix, A_flat = ctx.mix, ctx.A_flat
+        s = mix.shape[1] // m
         Ut, Vt = _down_mix_t(x2, mix, B)
         grad_s1 = grad_s2 = None
         if s1 is not None:
@@ -193,7 +198,7 @@ class KronRescaleFunction(torch.autograd.Function):
                 # sum over tokens (one (d_out,) division instead of T·d_out). Products run in place
                 # in one (T, d_out) temporary, which then takes g·(1 + s1) below.
                 if ctx.recompute:
-                    tmp = _pre_rescale(x2, weight, bias, Vt, A)
+                    tmp = _pre_rescale(x2, weight, bias, Vt, A_flat)
                     tmp = tmp.to(torch.promote_types(tmp.dtype, s1.dtype))
                     gz = tmp.mul_(g).sum(0)
                     gz = gz.sum().reshape(1) if s1.numel() == 1 else gz
@@ -219,7 +224,7 @@ class KronRescaleFunction(torch.autograd.Function):
             grad_A = (Vt @ gY).view(n, r, p).transpose(1, 2)  # (N, d_out/m, r)
         # ∂L/∂Vᵀ and ∂L/∂Uᵀ (N·r, T·m) go into the buffers of Vᵀ and Uᵀ once these are used: like a
         # fresh (T, d_out) buffer, a fresh one here would cost page faults on the CPU.
-        gVt = _mm_t(_flat_A(A.to(dt)), gY, out=Vt)
+        gVt = _mm_t(A_flat.to(dt), gY, out=Vt)
         grad_C = None
         if ctx.needs_input_grad[3]:
             # G = ∂L/∂(I_s ⊗ C_i), (N, s·m, s·m): C_i's gradient is the sum of its s diagonal blocks.
