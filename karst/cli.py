@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import DEFAULT_LR, TrainConfig
 from .errors import ConfigError, KarstError
 
 __all__ = ["main", "build_parser"]
@@ -34,7 +34,7 @@ _TRAIN_FLAGS = {
     "epochs": ("--epochs", int, "training epochs"),
     "warmup_epochs": ("--warmup-epochs", int, "linear warm-up epochs"),
     "batch_size": ("--batch-size", int, "images per step"),
-    "lr": ("--lr", float, "peak learning rate (AdamW); default per method, see karst.config.DEFAULT_LR"),
+    "lr": ("--lr", float, "peak learning rate (AdamW)"),
     "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
     "seed": ("--seed", int, "random seed"),
     "device": ("--device", str, "auto | cpu | cuda | mps"),
@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune (defaults: the embedded backbone and task)")
     defaults = TrainConfig()
     for field, (flag, kind, text) in _TRAIN_FLAGS.items():
-        p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default {getattr(defaults, field)})")
+        # The learning rate's default follows --method, so TrainConfig()'s (KARST's) would mislead.
+        default = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) if field == "lr" else getattr(defaults, field)
+        p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default {default})")
     p.add_argument("--random-init", dest="pretrained", action="store_const", const=False, default=None,
                    help="the backbone's architecture with random weights (no download)")
     p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields; flags override it")

@@ -123,3 +123,12 @@ def test_bench_is_delegated(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
     assert exc.value.code == 0 and "karst bench" in capsys.readouterr().out
+
+
+def test_train_help_gives_each_methods_learning_rate(capsys) -> None:
+    # The lr default follows --method: the help must not show KARST's as if it were everyone's.
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    assert "(default karst 0.01, lora 0.003, lokr 0.01, full 0.001, probe 0.03)" in out
