@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR
+from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR, default_lr_text
 
 from . import texts
 from .guard import guarded
@@ -85,7 +85,7 @@ def build(runner: Runner) -> SetupPanel:
                 # puts that method's default here.
                 f["lr"] = gr.Number(
                     DEFAULT_LR[d.method], label="Learning rate", elem_id="lr",
-                    info="Method defaults: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+                    info="Method defaults: " + default_lr_text()
                     + "; 1e-3 for ViT-B on VTAB-1K.",
                 )
                 f["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")

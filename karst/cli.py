@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_LR, TrainConfig
+from .config import TrainConfig, default_lr_text
 from .errors import ConfigError, KarstError
 
 __all__ = ["main", "build_parser"]
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for field, (flag, kind, text) in _TRAIN_FLAGS.items():
         # The learning rate's default follows --method, so TrainConfig()'s (KARST's) would mislead.
-        default = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) if field == "lr" else getattr(defaults, field)
+        default = default_lr_text() if field == "lr" else getattr(defaults, field)
         p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default {default})")
     p.add_argument("--random-init", dest="pretrained", action="store_const", const=False, default=None,
                    help="the backbone's architecture with random weights (no download)")

@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_TARGETS",
     "DEFAULT_BACKBONE",
     "DEFAULT_DATASET",
+    "DEFAULT_LR",
+    "default_lr_text",
 ]
 
 Rescale = Literal["channel", "scalar", "none"]
@@ -122,6 +124,11 @@ class KarstConfig:
 # pre-trained backbone (ViT-B/16 on VTAB-1K, 100 epochs) use 1e-3, as in the paper. (KARST at 1e-3
 # and 3e-3 ran on an earlier random draw of the same orientation generator, the rest on the shipped one.)
 DEFAULT_LR: dict[str, float] = {"karst": 1e-2, "lora": 3e-3, "lokr": 1e-2, "full": 1e-3, "probe": 3e-2}
+
+
+def default_lr_text() -> str:
+    """The per-method default learning rates in one line ("karst 0.01, lora 0.003, ..."), for help texts."""
+    return ", ".join(f"{method} {lr:g}" for method, lr in DEFAULT_LR.items())
 
 
 @dataclass
