@@ -17,7 +17,6 @@ STATUS_ICONS: dict[str, str] = {
     "diverged": "⚠️",
     "interrupted": "⛔",
 }
-ACTIVE = ("queued", "running")
 
 
 def count(n: int | None) -> str:

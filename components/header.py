@@ -12,6 +12,8 @@ from functools import partial
 
 import gradio as gr
 
+from karst.runs import ACTIVE_STATES
+
 from .guard import guarded, log
 from .runner import Runner
 
@@ -48,8 +50,8 @@ def build(runner: Runner) -> Header:
 def attach(runner: Runner) -> tuple:
     """On page load: list the runs, select the one to re-attach to, and show it training if it is."""
     run_id = runner.default_run()
-    active = bool(run_id) and runner.view(run_id).status.get("status") in ("queued", "running")
-    return (gr.Dropdown(choices=runner.run_choices(), value=run_id), runner.runs_signature(),
+    active = bool(run_id) and runner.view(run_id).status.get("status") in ACTIVE_STATES
+    return (gr.Dropdown(choices=runner.run_dropdown(), value=run_id), runner.runs_signature(),
             gr.Tabs(selected="watch") if active else gr.skip(), "watch" if active else gr.skip())
 
 
@@ -63,7 +65,7 @@ def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
     if new_sig == sig:
         return gr.skip(), gr.skip()
     try:
-        choices = runner.run_choices()
+        choices = runner.run_dropdown()
     except Exception:
         log.exception("listing runs failed")
         return gr.skip(), gr.skip()
@@ -73,7 +75,7 @@ def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
 
 
 def refresh_runs(runner: Runner, run_id: str | None) -> tuple:
-    choices = runner.run_choices()
+    choices = runner.run_dropdown()
     ids = {value for _, value in choices}
     return gr.Dropdown(choices=choices, value=run_id if run_id in ids else runner.default_run()), \
         runner.runs_signature()

@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR, default_lr_text
+from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR
+from karst.preflight import form_spec
 
 from . import texts
 from .guard import guarded
@@ -36,6 +37,21 @@ class SetupPanel:
         return [self.form[name] for name in SetupForm.field_names()]
 
 
+def _widget(key: str, **extra: Any) -> gr.components.Component:
+    """The form field of one setting, with its label, help, default and bounds from karst.config."""
+    spec = form_spec(key)
+    value = getattr(SetupForm(), key)
+    common = {"label": spec.label, "info": spec.help, "elem_id": key.replace("_", "-"), **extra}
+    if spec.kind == "bool":
+        return gr.Checkbox(value, **common)
+    if spec.choices:
+        choices = common.pop("choices", list(spec.choices))
+        return gr.Radio(choices, value=value, **common) if len(spec.choices) <= 5 and key != "device" \
+            else gr.Dropdown(choices, value=value, **common)
+    bounds = {"minimum": spec.minimum} if spec.minimum is not None else {}
+    return gr.Number(value, precision=0 if spec.kind == "int" else None, **bounds, **common)
+
+
 def build(runner: Runner) -> SetupPanel:
     """Lay out the Setup tab (no events)."""
     d = SetupForm()
@@ -53,9 +69,7 @@ def build(runner: Runner) -> SetupPanel:
                                                visible=False, elem_id="weights-path")
                 f["weights_arch"] = gr.Textbox(label="timm architecture of that file", visible=False,
                                                placeholder="vit_base_patch16_224", elem_id="weights-arch")
-                f["pretrained"] = gr.Checkbox(d.pretrained, label="Pre-trained weights", elem_id="pretrained",
-                                              info="Untick for the same architecture with random weights: "
-                                                   "what the pre-training is worth.")
+                f["pretrained"] = _widget("pretrained")
             with gr.Group():
                 gr.Markdown("**Data**")
                 f["dataset_source"] = gr.Radio(_DATASET_SOURCES, value=d.dataset_source, show_label=False,
@@ -70,36 +84,20 @@ def build(runner: Runner) -> SetupPanel:
                                                     allow_custom_value=True, elem_id="torchvision-name",
                                                     label="torchvision dataset (downloaded on first use)")
             with gr.Group():
-                f["method"] = gr.Radio(_METHODS, value=d.method, label="Method", elem_id="method")
+                f["method"] = _widget("method", choices=_METHODS)
                 method_note = gr.Markdown(texts.METHOD_NOTES[d.method], latex_delimiters=texts.LATEX_DELIMITERS)
                 with gr.Row():
-                    f["n_kernels"] = gr.Number(d.n_kernels, label="N kernels", precision=0, minimum=1,
-                                               elem_id="n-kernels")
-                    f["stack_dim"] = gr.Number(d.stack_dim, label="m (C is m×m)", precision=0, minimum=1,
-                                               elem_id="stack-dim")
-                    f["rank"] = gr.Number(d.rank, label="r (rank)", precision=0, minimum=1, elem_id="rank")
-                    f["rescale"] = gr.Radio(["channel", "scalar", "none"], value=d.rescale, label="Re-scaling",
-                                            elem_id="rescale")
+                    for key in ("n_kernels", "stack_dim", "rank", "rescale"):
+                        f[key] = _widget(key)
             with gr.Row():
-                # Shown as a number (a browser sends an empty Number as 0); choosing a method
-                # puts that method's default here.
-                f["lr"] = gr.Number(
-                    DEFAULT_LR[d.method], label="Learning rate", elem_id="lr",
-                    info="Method defaults: " + default_lr_text()
-                    + "; 1e-3 for ViT-B on VTAB-1K.",
-                )
-                f["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
-                f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1,
-                                            elem_id="batch-size")
-                f["seed"] = gr.Number(d.seed, label="Seed", precision=0, minimum=0, elem_id="seed")
-                f["device"] = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value=d.device, label="Device",
-                                          elem_id="device")
+                # The learning rate is shown as a number (a browser sends an empty Number as 0);
+                # choosing a method puts that method's default here.
+                for key in ("lr", "epochs", "batch_size", "seed", "device"):
+                    f[key] = _widget(key)
             with gr.Accordion("More", open=False):
                 with gr.Row():
-                    f["max_train_samples"] = gr.Number(None, precision=0, minimum=1, elem_id="max-train-samples",
-                                                       label="Use at most this many training images (empty = all)")
-                    f["probe_size"] = gr.Number(d.probe_size, precision=0, minimum=1, elem_id="probe-size",
-                                                label="Probe images for the alignment statistics")
+                    f["max_train_samples"] = _widget("max_train_samples")
+                    f["probe_size"] = _widget("probe_size")
             check = gr.Markdown("Checking settings…", elem_id="settings-check")
             launch = gr.Button("▶ Launch", variant="primary", elem_id="launch")
         with gr.Column(scale=2):
@@ -109,7 +107,7 @@ def build(runner: Runner) -> SetupPanel:
 
 # ---------------------------------------------------------------------------- handlers
 def check_settings(runner: Runner, *values: Any) -> str:
-    return runner.check(SetupForm(*values)).markdown
+    return runner.check_markdown(SetupForm(*values)).markdown
 
 
 def show_backbone_fields(source: str) -> tuple:
@@ -132,7 +130,7 @@ def show_method_fields(method: str) -> tuple:
 def launch_run(runner: Runner, *values: Any) -> tuple:
     run_id = runner.launch(SetupForm(*values))
     gr.Info(f"Queued {run_id}.")
-    return (gr.Dropdown(choices=runner.run_choices(), value=run_id), runner.runs_signature(),
+    return (gr.Dropdown(choices=runner.run_dropdown(), value=run_id), runner.runs_signature(),
             gr.Tabs(selected="watch"), "watch")
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import gradio as gr
 
+from karst.runs import ACTIVE_STATES
+
 from . import fmt, plots, texts
 from .guard import guarded, user_message
 from .header import Header
@@ -23,7 +25,6 @@ __all__ = ["WatchPanel", "build", "bind", "render"]
 # The issue asks for curves that update at least once a second; half a second also trims the
 # delay between a new metrics line and its drawing. Only runs in progress are polled.
 POLL_SECONDS = 0.5
-ACTIVE = ("queued", "running")
 
 
 @dataclass
@@ -77,7 +78,7 @@ def render(runner: Runner, run_id: str | None) -> tuple[str, str, Any, dict]:
 
 
 def _timer(details: dict) -> gr.Timer:
-    return gr.Timer(active=(details.get("status") or {}).get("status") in ACTIVE)
+    return gr.Timer(active=(details.get("status") or {}).get("status") in ACTIVE_STATES)
 
 
 def poll(runner: Runner, run_id: str | None, sig: tuple) -> tuple:

@@ -51,7 +51,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .device import autocast, resolve_device
 from .errors import ConfigError, KarstError
-from .methods import MethodConfig, build_method
+from .config import MethodConfig
+from .methods import build_method
 from .model import head_parameter_names
 
 __all__ = [
@@ -68,17 +69,18 @@ __all__ = [
 
 DEFAULT_MODELS: tuple[str, ...] = ("vit_small_patch16_224", "vit_base_patch16_224")
 
-# Benchmark rows -> MethodConfig keyword arguments (None: built here, see _build_floor).
+# Benchmark rows -> MethodConfig data (None: built here, see _build_floor).
 # KARST: N=2, m=8, r=8; LoRA and LoKr r=8; all on the same targets (qkv, proj, fc1, fc2).
 METHOD_SPECS: dict[str, dict[str, Any] | None] = {
-    "karst": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, rescale="channel"),
-    "karst-keep-output": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, recompute_output=()),
-    "karst-norescale": dict(method="karst", n_kernels=2, stack_dim=8, rank=8, rescale="none"),
-    "lora": dict(method="lora", rank=8),
-    "lokr": dict(method="lokr", rank=8),
-    "full": dict(method="full"),
+    "karst": {"name": "karst", "adapter": {"n_kernels": 2, "stack_dim": 8, "rank": 8, "rescale": "channel"}},
+    "karst-keep-output": {"name": "karst", "adapter": {"n_kernels": 2, "stack_dim": 8, "rank": 8,
+                                                       "recompute_output": []}},
+    "karst-norescale": {"name": "karst", "adapter": {"n_kernels": 2, "stack_dim": 8, "rank": 8, "rescale": "none"}},
+    "lora": {"name": "lora", "adapter": {"rank": 8}},
+    "lokr": {"name": "lokr", "adapter": {"rank": 8}},
+    "full": {"name": "full"},
     "floor": None,
-    "probe": dict(method="probe"),
+    "probe": {"name": "probe"},
 }
 # How a row is named in the table, where that differs from its key (the ``--methods`` value).
 METHOD_LABELS: dict[str, str] = {"floor": "floor (norms + head)"}
@@ -243,7 +245,7 @@ def _build_case(method: str, base: nn.Module, device: torch.device) -> _Case:
         module = _build_floor(model)
         merged: Callable[[], nn.Module] = lambda: copy.deepcopy(module)  # noqa: E731
     else:
-        built = build_method(model, MethodConfig(**spec))
+        built = build_method(model, MethodConfig.from_dict(spec))
         module, merged = built.model, built.merged_model
     module.to(device)
     optimizer = create_optimizer_v2(module, opt="adamw", lr=1e-4, weight_decay=0.05)

@@ -8,39 +8,21 @@ that ends other than ``completed`` exits with 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, default_lr_text
+from tqdm import tqdm
+
+from .callbacks import Callback, Progress
+from .config import FieldSpec, TrainConfig, config_from_values, field_specs, parse_value
 from .errors import ConfigError, KarstError
 
 __all__ = ["main", "build_parser"]
-
-# `karst train` flags → TrainConfig fields. Flags left out keep the config file's or the default.
-_TRAIN_FLAGS = {
-    "backbone": ("--backbone", str, "embedded name, timm model name or weight file"),
-    "backbone_arch": ("--backbone-arch", str, "timm architecture of a local weight file"),
-    "dataset": ("--dataset", str, "embedded task, folder, zip, VTAB-1K folder or torchvision:NAME"),
-    "method": ("--method", str, "karst | lora | lokr | full | probe"),
-    "n_kernels": ("--kernels", int, "N, Kronecker products summed"),
-    "stack_dim": ("--stack", int, "m, side of each C_i"),
-    "rank": ("--rank", int, "r, rank of each A_i B_i (also LoRA/LoKr rank)"),
-    "rescale": ("--rescale", str, "channel | scalar | none"),
-    "epochs": ("--epochs", int, "training epochs"),
-    "warmup_epochs": ("--warmup-epochs", int, "linear warm-up epochs"),
-    "batch_size": ("--batch-size", int, "images per step"),
-    "lr": ("--lr", float, "peak learning rate (AdamW)"),
-    "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
-    "seed": ("--seed", int, "random seed"),
-    "device": ("--device", str, "auto | cpu | cuda | mps"),
-    "max_train_samples": ("--max-train-samples", int, "use at most this many training images"),
-}
-
 
 def _default_runs_dir() -> str:
     return os.environ.get("KARST_RUNS_DIR", "runs")
@@ -60,14 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("train", help="fine-tune (defaults: the embedded backbone and task)")
-    defaults = TrainConfig()
-    for field, (flag, kind, text) in _TRAIN_FLAGS.items():
-        # The learning rate's default follows --method, so TrainConfig()'s (KARST's) would mislead.
-        default = default_lr_text() if field == "lr" else getattr(defaults, field)
-        p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default {default})")
-    p.add_argument("--random-init", dest="pretrained", action="store_const", const=False, default=None,
-                   help="the backbone's architecture with random weights (no download)")
-    p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields; flags override it")
+    _add_setting_flags(p)
+    p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields (as in a run's config.json); "
+                   "flags override it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="any setting by its path, e.g. --set method.adapter.init_std_C=0.5 (repeatable)")
     p.add_argument("--runs-dir", default=_default_runs_dir())
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the last stdout line)")
 
@@ -101,80 +80,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_value(spec: FieldSpec, raw: str) -> Any:
+    try:
+        return parse_value(spec, raw)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per setting that declares one (karst.config); the rest come from --config / --set."""
+    for spec in field_specs():
+        if spec.flag is None:
+            continue
+        if spec.kind == "bool":  # the flag switches away from the default
+            p.add_argument(spec.flag, dest=spec.path, action="store_const", const=not spec.default, default=None,
+                           help=spec.help)
+            continue
+        default = ",".join(spec.default) if spec.kind == "list" else spec.default
+        shown = "" if default is None else f" (default {default})"
+        metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.name.upper()
+        p.add_argument(spec.flag, dest=spec.path, type=functools.partial(_flag_value, spec), default=None,
+                       metavar=metavar, help=spec.help + shown)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} does not exist; give a JSON file of TrainConfig fields.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path} is not valid JSON ({e}); fix the file or leave --config out.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a JSON object of TrainConfig fields.")
+    return data
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    data: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            data = json.loads(args.config.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(
-                f"--config {args.config} does not exist; give a JSON file of TrainConfig fields."
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config {args.config} is not valid JSON ({e.msg} at line {e.lineno}).") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {args.config} must hold a JSON object of TrainConfig fields.")
-    for field in (*_TRAIN_FLAGS, "pretrained"):
-        value = getattr(args, field)
-        if value is not None:
-            data[field] = value
-    if "warmup_epochs" not in data and "epochs" in data:
-        # Keep the default warm-up valid for short runs (it must be below the epoch count).
-        data["warmup_epochs"] = min(TrainConfig.warmup_epochs, max(0, data["epochs"] - 1))
-    return TrainConfig.from_dict(data)
+    base = _read_config_file(args.config) if args.config is not None else {}
+    values = {spec.path: getattr(args, spec.path) for spec in field_specs()
+              if spec.flag is not None and getattr(args, spec.path) is not None}
+    for item in args.overrides:
+        path, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} needs the form PATH=VALUE, e.g. --set method.adapter.rank=4.")
+        values[path.strip()] = raw
+    return config_from_values(values, base)
 
 
-class _ProgressBar:
-    """Trainer callback drawing a one-line bar on a terminal (plain epoch lines otherwise)."""
+class _ProgressBar(Callback):
+    """Trainer callback: tqdm's bar on a terminal; phase and epoch lines either way."""
 
-    def __init__(self, stream: Any = None, width: int = 24):
+    def __init__(self, stream: Any = None):
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.width = width
-        self._last = 0.0
+        self.bar: tqdm | None = None
 
-    def _line(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        elif final:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+    def _write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream)
 
     def on_phase(self, message: str) -> None:
-        self._line(message + " ...", final=not self.tty)
+        self._write(message + " ...")
 
     def on_start(self, info: dict[str, Any]) -> None:
         p = info["params"]
-        self._line(f"training on {info['device']}: {p['trainable']:,} trainable of {p['total']:,} parameters, "
-                   f"{info['train_size']} images, {info['total_steps']} steps", final=True)
+        self._write(f"training on {info['device']}: {p['trainable']:,} trainable of {p['total']:,} parameters, "
+                    f"{info['train_size']} images, {info['total_steps']} steps")
+        # disable=None: no bar when stderr is not a terminal (logs, CI), where it would only add noise.
+        self.bar = tqdm(total=info["total_steps"], unit="step", file=self.stream, disable=None, dynamic_ncols=True)
 
-    def on_step(self, record: dict[str, Any], progress: Any) -> None:
-        now = time.monotonic()
-        if not self.tty or now - self._last < 0.1:
-            return
-        self._last = now
-        done = int(self.width * progress.step / max(progress.total_steps, 1))
-        eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "?"
-        self._line(f"epoch {progress.epoch + 1}/{progress.epochs} [{'#' * done}{'.' * (self.width - done)}] "
-                   f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s ETA {eta}")
+    def on_step(self, record: dict[str, Any], progress: Progress) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=f"{progress.epoch + 1}/{progress.epochs}", loss=f"{record['loss']:.4f}",
+                                 lr=f"{record['lr']:.2e}", refresh=False)
+            self.bar.update(1)
 
-    def on_epoch(self, record: dict[str, Any], progress: Any) -> None:
+    def on_epoch(self, record: dict[str, Any], progress: Progress) -> None:
         val = record["val_acc"]
-        self._line(f"epoch {record['epoch']}/{progress.epochs}: train loss {record['train_loss']:.4f} "
-                   f"acc {record['train_acc']:.3f}, val acc {val if val is None else f'{val:.3f}'} "
-                   f"({record['elapsed_s']:.1f}s)", final=True)
-
-    def on_snapshot(self, *args: Any) -> None:
-        pass
-
-    def on_test(self, record: dict[str, Any]) -> None:
-        pass
+        self._write(f"epoch {record['epoch']}/{progress.epochs}: train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_acc']:.3f}, val acc {val if val is None else f'{val:.3f}'} "
+                    f"({record['elapsed_s']:.1f}s)")
 
     def on_end(self, summary: dict[str, Any], result: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
         message = summary.get("message") or ""
-        if summary["status"] == "failed":
-            return  # main() prints the error itself, once
-        self._line(summary["status"] + (f": {message}" if message != summary["status"] else ""), final=True)
+        if summary["status"] != "failed":  # main() prints a failure itself, once
+            self._write(summary["status"] + (f": {message}" if message != summary["status"] else ""))
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

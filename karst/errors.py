@@ -12,9 +12,10 @@ __all__ = ["KarstError", "ConfigError", "DataError", "BackboneError", "RunError"
 class KarstError(ValueError):
     """Base class for every error the user can fix by changing their input."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, field: str | None = None):
         # Keep the message on one line: it is shown verbatim in a terminal and in the app.
         super().__init__(" ".join(str(message).split()))
+        self.field = field  # the setting's path ("method.adapter.rank") when one setting is at fault
 
 
 class ConfigError(KarstError):

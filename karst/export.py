@@ -23,6 +23,7 @@ that travelled alone (an upload) still carries its configuration.
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError, RunError
+from .callbacks import Callback
+from .errors import ConfigError, KarstError, RunError
 from .runs import RunStore, atomic_write_json, publish, read_json
 
-__all__ = ["EXPORT_FORMAT", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict"]
+__all__ = [
+    "EXPORT_FORMAT", "RunExporter", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict",
+]
 
 EXPORT_FORMAT = "karst-merged/1"
 _PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -106,6 +110,31 @@ def export_result(
     return files
 
 
+class RunExporter(Callback):
+    """Trainer callback: at the end of a run, write its weights into the run folder.
+
+    A completed run gets the adapter and the merged model; a cancelled one keeps its current weights
+    (adapter only: quick to write). The files, or why they could not be written, go into the summary
+    that the run recorder saves next.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+
+    def on_end(self, summary: dict[str, Any], result: Any) -> None:
+        status = summary["status"]
+        if result is None or status not in ("completed", "cancelled"):
+            return
+        try:
+            summary["files"] = export_result(self.run_dir, result, merged=status == "completed",
+                                             run_id=self.run_dir.name)
+        except KarstError as e:
+            summary["export_error"] = str(e)
+        except Exception as e:  # a bug in export must not lose the run's results: log it and go on
+            (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            summary["export_error"] = f"internal error ({type(e).__name__}); see {self.run_dir / 'error.log'}"
+
+
 def _run_dir(run: str | Path, runs_dir: str | Path | None) -> Path:
     p = Path(run)
     if p.is_dir() and (p / "config.json").is_file():
@@ -145,7 +174,7 @@ def load_run(run: str | Path, runs_dir: str | Path | None = None, device: str = 
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone, num_classes=1, pretrained=config.pretrained, arch=config.backbone_arch)
     backbone.model.reset_classifier(len(class_names))
-    method = build_method(backbone.model, config.method_config())
+    method = build_method(backbone.model, config.method)
     params = dict(method.model.named_parameters())
     method.load_adapter_state_dict({k: v.to(params[k].dtype) if k in params else v for k, v in state.items()})
     method.model.to(device).eval()
@@ -230,20 +259,19 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k per image. ``images``: PIL images or paths to image files."""
-        from PIL import Image, UnidentifiedImageError
+        """Top-k per image; ``images``: paths, PIL images or arrays, as :func:`karst.images.open_image` takes."""
+        from .errors import DataError
+        from .images import open_image
 
         if top_k < 1:
             raise ConfigError(f"top_k={top_k} must be at least 1.")
         batch = []
         for img in images:
-            if not isinstance(img, Image.Image):
-                try:
-                    with Image.open(img) as opened:
-                        img = opened.convert("RGB")
-                except (OSError, UnidentifiedImageError):
-                    raise ConfigError(f"{img} is not a readable image file; use a PNG or JPEG.") from None
-            batch.append(self.transform(img.convert("RGB")))
+            try:
+                rgb = open_image(img)
+            except DataError as err:  # an unusable input is a bad argument to predict, as before
+                raise ConfigError(str(err)) from None
+            batch.append(self.transform(rgb))
         if not batch:
             return []
         probs = self.model(torch.stack(batch).to(self.device)).float().softmax(-1)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ._kron import kron_delta
+from .config import TrainConfig
 from .errors import RunError
-from .runs import decode_array, read_json
+from .runs import decode_array, read_json, saved_epochs
 
 __all__ = [
     "epochs",
@@ -55,21 +56,9 @@ def _snap(run: Path, epoch: int, kind: str) -> Path:
     return run / "snapshots" / f"{kind}_{epoch:03d}.{suffix}"
 
 
-def _list(run: Path, prefix: str, suffix: str) -> list[int]:
-    folder = run / "snapshots"
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.glob(f"{prefix}*{suffix}"):
-        num = p.name[len(prefix) : -len(suffix)]
-        if num.isdigit():
-            found.append(int(num))
-    return sorted(found)
-
-
 def epochs(run: str | Path) -> list[int]:
     """Epochs with saved adapter tensors (0 = before training), ascending."""
-    return _list(_run_dir(run), "epoch_", ".safetensors")
+    return saved_epochs(_run_dir(run), "epoch")
 
 
 def layers(run: str | Path) -> list[str]:
@@ -118,10 +107,15 @@ def layer_tensors(run: str | Path, layer: str, epoch: int | None = None) -> dict
     return out
 
 
-def delta_weight(tensors: dict[str, np.ndarray | None]) -> np.ndarray:
-    """ΔW = Σ_i C_i ⊗ (A_i B_i), computed by the layer's own function (float64), (d_out, d_in)."""
+def delta_weight(tensors: dict[str, np.ndarray | None], scale: float = 1.0) -> np.ndarray:
+    """ΔW = scale · Σ_i C_i ⊗ (A_i B_i) (scale = α/r, see KarstLinear), float64, (d_out, d_in)."""
     C, A, B = (torch.from_numpy(np.asarray(tensors[k], dtype=np.float64)) for k in ("C", "A", "B"))
-    return kron_delta(C, A, B).numpy()
+    return kron_delta(C, A * scale, B).numpy()
+
+
+def _delta_scale(run: Path) -> float:
+    adapter = TrainConfig.from_dict(read_json(run / "config.json")).method.adapter
+    return 1.0 if adapter.alpha is None else adapter.alpha / adapter.rank
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
@@ -140,7 +134,7 @@ def _layer_with_spectrum(run: Path, layer: str, epoch: int) -> tuple[dict, np.nd
 @functools.lru_cache(maxsize=8)
 def _cached_layer_with_spectrum(run: str, layer: str, epoch: int, mtime_ns: int) -> tuple[dict, np.ndarray, np.ndarray]:
     tensors = layer_tensors(run, layer, epoch)
-    delta = delta_weight(tensors)
+    delta = delta_weight(tensors, _delta_scale(Path(run)))
     sv = singular_values(delta)
     for array in (*tensors.values(), delta, sv):  # shared between callers: nobody may modify them
         if array is not None:
@@ -235,7 +229,7 @@ def gap_history(run: str | Path, layer: str) -> dict[str, Any]:
     if summary is None or layer not in summary.get("layers", {}):
         # Older or partial run: rebuild from the stats files themselves.
         summary = {"epochs": [], "layers": {layer: {"pre": [], "out": []}}}
-        for e in _list(run, "stats_", ".json"):
+        for e in saved_epochs(run, "stats"):
             entry = _stats_file(run, e)["layers"].get(layer)
             if entry is not None:
                 summary["epochs"].append(e)
@@ -255,7 +249,7 @@ def alignment_view(run: str | Path, layer: str, epoch: int | None = None) -> dic
         :func:`gap_history`; ``s1``, ``s2`` at this epoch (None if not saved); ``epoch``.
     """
     run = _run_dir(run)
-    epoch = _check_epoch(run, epoch, _list(run, "stats_", ".json"), "feature statistics")
+    epoch = _check_epoch(run, epoch, saved_epochs(run, "stats"), "feature statistics")
     data = _stats_file(run, epoch)
     entry = data["layers"].get(layer)
     if entry is None:

@@ -97,16 +97,8 @@ def execute_run(
             if raise_errors:
                 raise
             return summary
-        dev_lock = device_lock(store.root, device_key(device))
-        waiting = False
-        while not dev_lock.acquire():
-            if cancelled():
-                return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
-            if not waiting:
-                store.write_status(run_id, pid=os.getpid(), message=f"waiting for {device} (another job is using it)")
-                waiting = True
-            time.sleep(_POLL_S)
-        if cancelled():
+        dev_lock = _wait_for_device(store, run_id, device, device_key(device), cancelled)
+        if dev_lock is None or cancelled():
             return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
         try:
             return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled)
@@ -122,6 +114,20 @@ def execute_run(
         if dev_lock is not None:
             dev_lock.release()
         run_lock.release()
+
+
+def _wait_for_device(store: RunStore, run_id: str, device: Any, key: str, cancelled: Any) -> FileLock | None:
+    """Take the device's lock, waiting while another job holds it; None if the run was cancelled meanwhile."""
+    lock = device_lock(store.root, key)
+    waiting = False
+    while not lock.acquire():
+        if cancelled():
+            return None
+        if not waiting:
+            store.write_status(run_id, pid=os.getpid(), message=f"waiting for {device} (another job is using it)")
+            waiting = True
+        time.sleep(_POLL_S)
+    return lock
 
 
 def run_foreground(
@@ -170,16 +176,21 @@ def run_worker(
     if not lock.acquire():
         print(f"a worker already serves {store.root}", file=sys.stderr)
         return 1
-    stopping = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        # Cancel the current run cleanly (status cancelled, weights kept), then leave the loop.
-        nonlocal stopping
-        stopping = True
-
+    stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        # Cancel the current run cleanly (status cancelled, weights kept), then leave the loop.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    try:
+        _warm_up(store, threads)
+        _serve(store, poll_s, idle_exit_s, stopping)
+    finally:
+        lock.release()
+    return 0
+
+
+def _warm_up(store: RunStore, threads: int | None) -> None:
+    """Set the thread count and import the heavy machinery before announcing the worker ready."""
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, _available_cpus() - 1)
     if threads:
@@ -195,29 +206,28 @@ def run_worker(
     from . import backbones, data, export, methods, train  # noqa: F401
 
     atomic_write_json(store.root / ".worker.json", {**info, "ready": True})
-
     print(f"karst worker {os.getpid()} serving {store.root.resolve()}", file=sys.stderr, flush=True)
+
+
+def _serve(store: RunStore, poll_s: float, idle_exit_s: float | None, stopping: threading.Event) -> None:
+    """Train queued runs in launch order until ``stopping`` is set (or idle for ``idle_exit_s``)."""
     idle_since = time.monotonic()
-    try:
-        while not stopping:
-            try:
-                claimed = _claim_next(store)
-                if claimed is None:
-                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                        break
-                    time.sleep(poll_s)
-                    continue
-                run_id, run_lock = claimed
-                print(f"starting {run_id}", file=sys.stderr, flush=True)
-                summary = execute_run(store, run_id, run_lock, stop_flag=lambda: stopping)
-                print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
-            except Exception:  # e.g. a run folder deleted by hand mid-scan: log it, keep serving
-                traceback.print_exc(file=sys.stderr)
+    while not stopping.is_set():
+        try:
+            claimed = _claim_next(store)
+            if claimed is None:
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
                 time.sleep(poll_s)
-            idle_since = time.monotonic()
-    finally:
-        lock.release()
-    return 0
+                continue
+            run_id, run_lock = claimed
+            print(f"starting {run_id}", file=sys.stderr, flush=True)
+            summary = execute_run(store, run_id, run_lock, stop_flag=stopping.is_set)
+            print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
+        except Exception:  # e.g. a run folder deleted by hand mid-scan: log it, keep serving
+            traceback.print_exc(file=sys.stderr)
+            time.sleep(poll_s)
+        idle_since = time.monotonic()
 
 
 def _claim_next(store: RunStore) -> tuple[str, FileLock] | None:

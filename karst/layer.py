@@ -2,8 +2,10 @@
 
 KARST (Kronecker Adaptation with Re-scaling Transmission), arXiv 2502.06779 (ICASSP 2025):
 
-    ΔW = Σ_{i=1..N} C_i ⊗ (A_i B_i)      C_i: m×m   A_i: (d_out/m)×r   B_i: r×(d_in/m)
+    ΔW = (α/r) Σ_{i=1..N} C_i ⊗ (A_i B_i)   C_i: m×m   A_i: (d_out/m)×r   B_i: r×(d_in/m)
     y  = (1 + s1) ⊙ (W0 x + b0 + ΔW x) + s2
+
+The scale α/r is 1 unless ``KarstConfig.alpha`` is set (the authors' code scales ΔW like LoRA).
 
 ``B``, ``s1`` and ``s2`` start at zero, so a freshly adapted model computes exactly what the
 pre-trained one did. After training, ``merge()`` folds everything into a plain ``nn.Linear``:
@@ -61,6 +63,7 @@ class KarstLinear(nn.Module):
             p.requires_grad_(False)
         self.config = config
         self.n_kernels, self.stack_dim, self.rank = n, m, r
+        self.scale = 1.0 if config.alpha is None else config.alpha / r
         self.recompute_output = any(name == t or name.endswith("." + t) for t in config.recompute_output)
         self.in_features, self.out_features = d_in, d_out
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
@@ -98,9 +101,13 @@ class KarstLinear(nn.Module):
                 self.s2.zero_()
 
     # -- the layer contract -------------------------------------------------------------------
+    def _scaled_A(self) -> torch.Tensor:
+        # Scaling A scales every Kronecker term, so ΔW's scale costs one parameter-sized product.
+        return self.A if self.scale == 1.0 else self.A * self.scale
+
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = Σ_i C_i ⊗ (A_i B_i), shape (d_out, d_in)."""
-        return kron_delta(self.C, self.A, self.B)
+        """ΔW = (α/r) Σ_i C_i ⊗ (A_i B_i), shape (d_out, d_in)."""
+        return kron_delta(self.C, self._scaled_A(), self.B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.base.weight, self.base.bias
@@ -108,7 +115,7 @@ class KarstLinear(nn.Module):
             # Someone unfroze W0: the fused path does not return its gradient, so use autograd.
             return self._forward_autograd(x)
         return KronRescaleFunction.apply(
-            x, weight, bias, self.C, self.A, self.B, self.s1, self.s2, self.recompute_output
+            x, weight, bias, self.C, self._scaled_A(), self.B, self.s1, self.s2, self.recompute_output
         )
 
     def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +124,7 @@ class KarstLinear(nn.Module):
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W0x + b0, W0x + b0 + ΔWx, after re-scaling) — the three views the inspector compares."""
         base_out = F.linear(x, self.base.weight, self.base.bias)
-        pre = base_out + kron_apply(x, self.C, self.A, self.B)
+        pre = base_out + kron_apply(x, self.C, self._scaled_A(), self.B)
         out = pre if self.s1 is None else pre * (1.0 + self.s1) + self.s2
         return base_out, pre, out
 
@@ -135,7 +142,7 @@ class KarstLinear(nn.Module):
             )
         w0 = self.base.weight.double()
         b0 = None if self.base.bias is None else self.base.bias.double()
-        weight = w0 + kron_delta(self.C.double(), self.A.double(), self.B.double())
+        weight = w0 + kron_delta(self.C.double(), self.A.double() * self.scale, self.B.double())
         if self.s1 is not None:
             scale = 1.0 + self.s1.double()
             shift = self.s2.double()
@@ -167,5 +174,5 @@ class KarstLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, N={self.n_kernels}, "
-            f"m={self.stack_dim}, r={self.rank}, rescale={self.config.rescale!r}"
+            f"m={self.stack_dim}, r={self.rank}, scale={self.scale:g}, rescale={self.config.rescale!r}"
         )

@@ -11,13 +11,11 @@ plain timm model whose state_dict has the original keys.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .config import DEFAULT_TARGETS, KarstConfig, MethodName, Rescale, _choice, _positive_float, _positive_int
+from .config import METHODS, KarstConfig, MethodConfig
 from .errors import ConfigError
 from .model import (
     ParamCount,
@@ -31,49 +29,7 @@ from .model import (
 
 __all__ = ["MethodConfig", "Method", "build_method", "check_settings", "METHODS"]
 
-METHODS: tuple[str, ...] = ("karst", "lora", "lokr", "full", "probe")
 _PEFT_PREFIX = "base_model.model."
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Which method to build and its settings.
-
-    Args:
-        method: karst | lora | lokr | full | probe.
-        n_kernels, stack_dim, rank, rescale: KARST's N, m, r and re-scaling mode; ``rank`` is also the
-            LoRA / LoKr rank so that "r=8" means the same budget knob for every adapter.
-        lora_alpha: LoRA / LoKr scaling numerator (the update is multiplied by alpha / r).
-        target_modules: layer-name suffixes to adapt (same layers for KARST, LoRA and LoKr).
-    """
-
-    method: MethodName = "karst"
-    n_kernels: int = 2
-    stack_dim: int = 8
-    rank: int = 8
-    rescale: Rescale = "channel"
-    lora_alpha: float = 16.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    recompute_output: tuple[str, ...] = KarstConfig.__dataclass_fields__["recompute_output"].default
-
-    def __post_init__(self) -> None:
-        _choice("method", self.method, MethodName)
-        _positive_int("rank", self.rank)
-        _positive_float("lora_alpha", self.lora_alpha)
-        if self.method == "karst":
-            self.karst_config()  # validates N, m, r, rescale, targets
-        else:
-            KarstConfig(target_modules=self.target_modules)  # validates targets only
-
-    def karst_config(self) -> KarstConfig:
-        return KarstConfig(
-            n_kernels=self.n_kernels,
-            stack_dim=self.stack_dim,
-            rank=self.rank,
-            rescale=self.rescale,
-            target_modules=tuple(self.target_modules),
-            recompute_output=tuple(self.recompute_output),
-        )
 
 
 class Method:
@@ -123,9 +79,6 @@ class Method:
         """A plain timm model equal to the adapted one (state_dict keys of the original model)."""
         return copy.deepcopy(self.model)
 
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.name, **self.param_count().to_dict()}
-
 
 class KarstMethod(Method):
     def merged_model(self) -> nn.Module:
@@ -135,9 +88,6 @@ class KarstMethod(Method):
 class PeftMethod(Method):
     def base_model(self) -> nn.Module:
         return self.model.get_base_model()
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def merged_model(self) -> nn.Module:
         return copy.deepcopy(self.model).merge_and_unload()
@@ -152,43 +102,44 @@ def _freeze_all_but_head(model: nn.Module) -> None:
 def _peft_targets(model: nn.Module, config: MethodConfig) -> list[str]:
     # The exact module names KARST would adapt, so LoRA/LoKr touch the same layers. (A bare suffix
     # "proj" given to peft would also match the Conv2d patch_embed.proj.)
-    names = list(find_target_linears(model, config.target_modules))
+    names = list(find_target_linears(model, config.adapter.target_modules))
     if not names:
-        check_karst(model, KarstConfig(target_modules=config.target_modules))  # raises the clear error
+        check_karst(model, KarstConfig(target_modules=config.adapter.target_modules))  # raises the clear error
     return names
 
 
 def _check_peft_rank(model: nn.Module, config: MethodConfig) -> None:
-    targets = find_target_linears(model, config.target_modules)
+    targets = find_target_linears(model, config.adapter.target_modules)
     smallest = min(min(lin.in_features, lin.out_features) for lin in targets.values())
-    if config.rank > smallest:
+    if config.adapter.rank > smallest:
         raise ConfigError(
-            f"rank r={config.rank} exceeds the smallest targeted layer dimension {smallest}; use r <= {smallest}."
+            f"rank r={config.adapter.rank} exceeds the smallest targeted layer dimension {smallest}; "
+            f"use r <= {smallest}."
         )
 
 
 def check_settings(model: nn.Module, config: MethodConfig) -> None:
     """Raise :class:`ConfigError` if ``config`` does not fit ``model``; never modifies the model."""
-    if config.method == "karst":
-        check_karst(model, config.karst_config())
-    elif config.method in ("lora", "lokr"):
+    if config.name == "karst":
+        check_karst(model, config.adapter)
+    elif config.name in ("lora", "lokr"):
         _peft_targets(model, config)
         _check_peft_rank(model, config)
-    elif config.method == "probe" and not head_parameter_names(model):
+    elif config.name == "probe" and not head_parameter_names(model):
         raise ConfigError(f"{type(model).__name__} has no classifier head (get_classifier) to probe.")
 
 
 def build_method(model: nn.Module, config: MethodConfig | None = None) -> Method:
-    """Prepare ``model`` (modified in place) for ``config.method`` and return the :class:`Method`."""
+    """Prepare ``model`` (modified in place) for ``config.name`` and return the :class:`Method`."""
     config = config or MethodConfig()
     check_settings(model, config)
-    if config.method == "karst":
-        return KarstMethod("karst", apply_karst(model, config.karst_config()), config)
-    if config.method == "full":
+    if config.name == "karst":
+        return KarstMethod("karst", apply_karst(model, config.adapter), config)
+    if config.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return Method("full", model, config)
-    if config.method == "probe":
+    if config.name == "probe":
         _freeze_all_but_head(model)
         return Method("probe", model, config)
     return _build_peft(model, config)
@@ -198,14 +149,15 @@ def _build_peft(model: nn.Module, config: MethodConfig) -> Method:
     from peft import LoKrConfig, LoraConfig, get_peft_model
 
     targets = _peft_targets(model, config)
-    if config.method == "lora":
-        peft_config = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0)
+    if config.name == "lora":
+        peft_config = LoraConfig(r=config.adapter.rank, lora_alpha=config.lora_alpha, target_modules=targets,
+                                 lora_dropout=0.0)
     else:
-        peft_config = LoKrConfig(r=config.rank, alpha=config.lora_alpha, target_modules=targets)
+        peft_config = LoKrConfig(r=config.adapter.rank, alpha=config.lora_alpha, target_modules=targets)
     head = head_parameter_names(model)
     wrapped = get_peft_model(model, peft_config)
     # peft freezes everything but the adapters; the classifier head is trained by every method.
     for name, p in wrapped.named_parameters():
         if name.removeprefix(_PEFT_PREFIX) in head:
             p.requires_grad_(True)
-    return PeftMethod(config.method, wrapped, config)
+    return PeftMethod(config.name, wrapped, config)

@@ -23,14 +23,13 @@ import secrets
 import shutil
 import tempfile
 import time
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .config import TrainConfig
-from .errors import KarstError, RunError
+from .errors import RunError
 
 try:  # POSIX; on Windows runs still work, but liveness falls back to a pid check.
     import fcntl
@@ -51,9 +50,12 @@ __all__ = [
     "decode_array",
     "RunRecorder",
     "alignment_gaps",
+    "saved_epochs",
+    "ACTIVE_STATES",
 ]
 
 RUN_STATES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
+ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled", "diverged", "interrupted")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -247,7 +249,7 @@ class RunStore:
     def _make(self, config: TrainConfig, claim: bool) -> tuple[str, FileLock | None]:
         self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(1000):
-            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{secrets.token_hex(2)}"
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method.name}-{secrets.token_hex(2)}"
             try:
                 # mkdir is atomic: two launches at the same instant can never share a folder.
                 os.mkdir(self.root / run_id)
@@ -347,11 +349,11 @@ class RunStore:
 
     def snapshot_epochs(self, run_id: str) -> list[int]:
         """Epochs with a stats file (000 = before training), ascending."""
-        return _epochs(self.path(run_id) / "snapshots", "stats_")
+        return saved_epochs(self.path(run_id), "stats")
 
     @staticmethod
     def _last_snapshot(run_dir: Path) -> int | None:
-        epochs = _epochs(run_dir / "snapshots", "epoch_", ".safetensors")
+        epochs = saved_epochs(run_dir, "epoch")
         return epochs[-1] if epochs else None
 
     def last_checkpoint(self, run_id: str) -> Path | None:
@@ -455,7 +457,14 @@ class RunStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _epochs(folder: Path, prefix: str, suffix: str = ".json") -> list[int]:
+def saved_epochs(run_dir: str | Path, kind: Literal["epoch", "stats"] = "epoch") -> list[int]:
+    """Epochs with a snapshot of ``kind`` in ``run_dir`` (0 = before training), ascending.
+
+    ``"epoch"``: adapter tensors (``epoch_NNN.safetensors``); ``"stats"``: feature statistics
+    (``stats_NNN.json``).
+    """
+    folder = Path(run_dir) / "snapshots"
+    prefix, suffix = (f"{kind}_", ".safetensors" if kind == "epoch" else ".json")
     if not folder.is_dir():
         return []
     out = []
@@ -532,9 +541,9 @@ class RunRecorder:
         tmp = folder / f".epoch_{epoch:03d}.safetensors.tmp"
         save_file(tensors, str(tmp), metadata=metadata)
         publish(tmp, final)
-        if self.config.method == "full":
+        if self.config.method.name == "full":
             # A full fine-tune's "adapter" is the whole model: keep only the newest copy.
-            for old in _epochs(folder, "epoch_", ".safetensors"):
+            for old in saved_epochs(self.run_dir, "epoch"):
                 if old < epoch:
                     (folder / f"epoch_{old:03d}.safetensors").unlink(missing_ok=True)
         layers = {}
@@ -559,18 +568,6 @@ class RunRecorder:
 
     def on_end(self, summary: dict[str, Any], result: Any) -> None:
         status = summary["status"]
-        if result is not None and status in ("completed", "cancelled"):
-            try:
-                from .export import export_result
-
-                # A cancelled run keeps its current weights (adapter only: quick to write).
-                files = export_result(self.run_dir, result, merged=status == "completed", run_id=self.run_dir.name)
-                summary["files"] = files
-            except KarstError as e:
-                summary["export_error"] = str(e)
-            except Exception as e:  # a bug in export must not lose the run's results: record and go on
-                (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-                summary["export_error"] = f"internal error: {type(e).__name__}: {e}"[:500]
         atomic_write_json(self.run_dir / "summary.json", summary)
         if self._metrics is not None:
             self._metrics.close()

@@ -30,13 +30,13 @@ from karst.config import TrainConfig  # noqa: E402
 from karst.data.synthetic import TASKS  # noqa: E402
 from karst.train import train  # noqa: E402
 
-# (row label, TrainConfig overrides). Every row trains at its method's default learning rate
+# (row label, TrainConfig data overrides, as in config.json). Every row trains at its method's default learning rate
 # (karst.config.DEFAULT_LR, printed in the table).
 ROWS: list[tuple[str, dict]] = [
     ("linear probe", {"method": "probe"}),
     ("LoRA (r=8)", {"method": "lora"}),
     ("LoKr (r=8)", {"method": "lokr"}),
-    ("KARST, no re-scaling", {"method": "karst", "rescale": "none"}),
+    ("KARST, no re-scaling", {"method": {"name": "karst", "adapter": {"rescale": "none"}}}),
     ("KARST (N=2, m=8, r=8)", {"method": "karst"}),
     ("full fine-tuning", {"method": "full"}),
     ("KARST, random backbone", {"method": "karst", "pretrained": False}),
@@ -54,7 +54,7 @@ def run_rows(tasks: list[str], rows: list[str] | None, epochs: int | None, json_
             kw = {"dataset": task, "device": "cpu", **overrides}
             if epochs is not None:
                 kw["epochs"] = epochs
-            cfg = TrainConfig(**kw)
+            cfg = TrainConfig.from_dict(kw)
             t0 = time.perf_counter()
             s = train(cfg)
             row = {
