@@ -30,28 +30,33 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as _dt
+import functools
 import json
 import platform
 import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .backbones import list_backbones, load_backbone
+from .config import FieldSpec, MethodConfig, Settings, field_specs, setting
 from .device import autocast, resolve_device
 from .errors import ConfigError, KarstError
-from .config import MethodConfig
 from .methods import build_method
 from .model import head_parameter_names
 
@@ -59,6 +64,7 @@ __all__ = [
     "METHOD_SPECS",
     "METHOD_LABELS",
     "DEFAULT_MODELS",
+    "BenchConfig",
     "run_benchmark",
     "format_table",
     "peak_tensor_bytes",
@@ -66,6 +72,10 @@ __all__ = [
     "paired_ratio",
     "main",
 ]
+
+BenchDevice = Literal["auto", "cpu", "cuda"]
+Clock = Literal["wall", "cpu"]
+_T = TypeVar("_T")
 
 DEFAULT_MODELS: tuple[str, ...] = ("vit_small_patch16_224", "vit_base_patch16_224")
 
@@ -179,16 +189,8 @@ def saved_tensor_bytes(forward: Callable[[], Any], exclude: Sequence[torch.Tenso
 
 
 def _load_model(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
-    try:  # the embedded backbones (karst-vit-micro)
-        from .backbones import list_backbones, load_backbone
-
-        embedded = {b["name"] for b in list_backbones() if b.get("embedded")}
-    except ImportError:
-        embedded = set()
-    if name in embedded:
+    if name in {b["name"] for b in list_backbones() if b.get("embedded")}:  # karst-vit-micro
         return load_backbone(name, num_classes, pretrained=False).model
-    import timm
-
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except RuntimeError as err:
@@ -237,8 +239,6 @@ class _Case:
 
 
 def _build_case(method: str, base: nn.Module, device: torch.device) -> _Case:
-    from timm.optim import create_optimizer_v2
-
     model = copy.deepcopy(base)
     spec = METHOD_SPECS[method]
     if spec is None:
@@ -308,166 +308,198 @@ def paired_ratio(values: Sequence[float], reference: Sequence[float]) -> float:
     return statistics.median(a / b for a, b in zip(values, reference, strict=True))
 
 
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig(Settings):
+    """What :func:`run_benchmark` measures and how; each field with a flag is a ``karst bench`` flag."""
+
+    models: tuple[str, ...] = setting(DEFAULT_MODELS, "timm names (random weights: speed and memory do not "
+                                      "depend on them) or karst-vit-micro", flag="--models", minimum=1)
+    methods: tuple[str, ...] = setting(tuple(METHOD_SPECS), "rows to measure, all by default: "
+                                       + ", ".join(METHOD_SPECS), flag="--methods", minimum=1)
+    device: BenchDevice = setting("auto", "CUDA runs under bf16 autocast, as training does", flag="--device")
+    batch_size: int = setting(4, "images per step (224×224, or the model's input size)", flag="--batch-size",
+                              minimum=1)
+    steps: int = setting(8, "measured steps per method, interleaved round-robin", flag="--steps", minimum=1)
+    warmup: int = setting(3, "unmeasured steps per method before the measured ones", flag="--warmup", minimum=0)
+    num_classes: int = setting(10, "classifier size", flag="--num-classes", minimum=1)
+    threads: int | None = setting(None, "torch intra-op threads, process-wide (1 is steadiest on a shared CPU); "
+                                  "unset: torch's default", flag="--threads", minimum=1)
+    clock: Clock = setting("wall", "wall: perf_counter; cpu: this process's CPU time (CPU device only), which "
+                           "excludes waiting for a core, so is steadier on a shared CPU", flag="--clock")
+    memory: bool = setting(True, "the memory step: peak memory and bytes saved for backward, from one extra "
+                           "untimed step per method", flag="--no-memory")
+    inference: bool = setting(True, "merged-inference timing: each merged model against the unadapted one",
+                              flag="--no-inference")
+    seed: int = setting(0, "seeds the backbone's random weights and the random batch")
+    # Extra keyword arguments for timm.create_model (tiny test configs); not a flag.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def _resolve(self) -> None:
+        unknown = [m for m in self.methods if m not in METHOD_SPECS]
+        if unknown:
+            raise ConfigError(
+                f"methods {unknown} are not benchmarkable; choose from {', '.join(METHOD_SPECS)}.", field="methods"
+            )
+        if self.device != "auto":  # "auto" is checked once resolved, in run_benchmark
+            _check_clock(self.clock, torch.device(self.device))
+
+
+def _check_clock(clock: str, dev: torch.device) -> None:
+    if clock == "cpu" and dev.type != "cpu":
+        raise ConfigError(
+            f"clock={clock!r} is not available on {dev}; use 'wall' (or 'cpu' on the CPU).", field="clock"
+        )
+
+
 # -- the benchmark ------------------------------------------------------------------------------
 
 
-def run_benchmark(
-    model_names: Sequence[str] = DEFAULT_MODELS,
-    methods: Sequence[str] = tuple(METHOD_SPECS),
-    device: str = "auto",
-    batch_size: int = 4,
-    steps: int = 8,
-    warmup: int = 3,
-    *,
-    num_classes: int = 10,
-    model_kwargs: dict[str, Any] | None = None,
-    memory: bool = True,
-    inference: bool = True,
-    seed: int = 0,
-    clock: Literal["wall", "cpu"] = "wall",
-    log: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Benchmark ``methods`` on each model; one dict per (model, method).
+def _round_robin(items: list[_T], rounds: int) -> Iterator[tuple[int, list[_T]]]:
+    """(round, order) per round: every item once, starting at an offset that moves by one each round."""
+    for i in range(rounds):
+        k = i % len(items)
+        yield i, items[k:] + items[:k]
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """(wall ms, this process's CPU ms) of ``fn()``, the device synchronised before and after."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return 1e3 * (time.perf_counter() - t0), 1e3 * (time.process_time() - c0)
+
+
+class _ModelBench:
+    """Every method on one model: copies of one backbone, each trained on the same random batch."""
+
+    def __init__(self, config: BenchConfig, model_name: str, dev: torch.device, say: Callable[[str], None]):
+        self.config, self.model_name, self.dev, self.say = config, model_name, dev, say
+        torch.manual_seed(config.seed)
+        self.base = _load_model(model_name, config.num_classes, config.model_kwargs).eval()
+        gen = torch.Generator().manual_seed(config.seed)
+        self.x = torch.randn(config.batch_size, *_input_size(self.base), generator=gen).to(dev)
+        self.y = torch.randint(0, config.num_classes, (config.batch_size,), generator=gen).to(dev)
+        self.cases = [_build_case(m, self.base, dev) for m in config.methods]
+        self.memory: dict[str, tuple[int, int]] = {}  # method -> (peak bytes, bytes saved for backward)
+        self.merge_err: dict[str, float] = {}  # method -> max |adapted(x) - merged(x)|
+        self.base_infer_ms: list[float] = []
+
+    def run(self) -> list[dict[str, Any]]:
+        self.time_training()
+        if self.config.memory:
+            self.measure_memory()
+        if self.config.inference:
+            self.time_inference()
+        return [self.row(case) for case in self.cases]
+
+    def time_training(self) -> None:
+        """Round-robin: every method does one step per round, starting at a rotating offset."""
+        cfg, rounds = self.config, self.config.warmup + self.config.steps
+        for case in self.cases:
+            case.model.train()
+        for i, order in _round_robin(self.cases, rounds):
+            for case in order:
+                wall, cpu = _timed(functools.partial(_train_step, case, self.x, self.y, self.dev), self.dev)
+                if i >= cfg.warmup:
+                    case.wall_ms.append(wall)
+                    case.step_ms.append(wall if cfg.clock == "wall" else cpu)
+            self.say(f"{self.model_name}: round {i + 1}/{rounds}")
+
+    def measure_memory(self) -> None:
+        for case in self.cases:
+            self.memory[case.method] = _measure_memory(case, self.x, self.y, self.dev)
+        self.say(f"{self.model_name}: memory measured")
+
+    def _merge(self) -> dict[str, nn.Module]:
+        """Each method's merged model, checked against the adapted one, whose training copy is then freed."""
+        merged: dict[str, nn.Module] = {}
+        with torch.no_grad(), autocast(self.dev):
+            for case in self.cases:
+                case.model.eval()
+                merged[case.method] = case.merged().to(self.dev).eval()
+                diff = case.model(self.x).float() - merged[case.method](self.x).float()
+                self.merge_err[case.method] = diff.abs().max().item()
+                case.model = case.optimizer = None  # free the training copy before timing
+        return merged
+
+    def time_inference(self) -> None:
+        """Times each merged model and the unadapted backbone, round-robin as in training."""
+        cfg = self.config
+        self.base.to(self.dev)
+        merged = self._merge()
+        # A fresh copy, made like the merged ones, so both are timed under the same
+        # conditions (allocation age and placement) as the models they are compared with.
+        runners = [(self.base_infer_ms, copy.deepcopy(self.base))]
+        runners += [(case.infer_ms, merged[case.method]) for case in self.cases]
+        with torch.no_grad(), autocast(self.dev):
+            for i, order in _round_robin(runners, cfg.warmup + cfg.steps):
+                for times, module in order:
+                    wall, cpu = _timed(functools.partial(module, self.x), self.dev)
+                    if i >= cfg.warmup:
+                        times.append(wall if cfg.clock == "wall" else cpu)
+        self.say(f"{self.model_name}: inference timed")
+
+    def row(self, case: _Case) -> dict[str, Any]:
+        """The result row of ``case``; ratios to LoRA (LoKr) are None without a LoRA (LoKr) row."""
+        cfg, dev, base_ms = self.config, self.dev, self.base_infer_ms
+        by_method = {c.method: c for c in self.cases}
+        ref, lokr = by_method.get(_REFERENCE), by_method.get(_LOKR)
+        ref_mem = self.memory.get(_REFERENCE, (None,))[0]
+        peak, saved = self.memory.get(case.method, (None, None))
+        kind = ("cuda max_memory_allocated (method alone)" if dev.type == "cuda"
+                else "peak live tensor bytes (dispatch tracker)")
+        return {
+            "model": self.model_name,
+            "method": case.method,
+            "trainable_params": case.trainable,
+            "total_params": case.total,
+            "ms_step": _median(case.step_ms),
+            "ms_step_vs_lora": paired_ratio(case.step_ms, ref.step_ms) if ref else None,
+            "ms_step_vs_lokr": paired_ratio(case.step_ms, lokr.step_ms) if lokr else None,
+            "peak_mb": peak / 2**20 if peak is not None else None,
+            "peak_vs_lora": peak / ref_mem if peak is not None and ref_mem else None,
+            "saved_mb": saved / 2**20 if saved is not None else None,
+            "infer_ms": _median(case.infer_ms) if case.infer_ms else None,
+            "infer_vs_base": paired_ratio(case.infer_ms, base_ms) if case.infer_ms and base_ms else None,
+            "base_infer_ms": _median(base_ms) if base_ms else None,
+            "merge_max_abs_err": self.merge_err.get(case.method),
+            "step_ms_all": [round(v, 2) for v in case.step_ms],
+            "wall_ms_all": [round(v, 2) for v in case.wall_ms],
+            "clock": cfg.clock,
+            "device": str(dev),
+            "memory_kind": kind if cfg.memory else None,
+            "batch_size": cfg.batch_size,
+            "steps": cfg.steps,
+            "warmup": cfg.warmup,
+        }
+
+
+def run_benchmark(config: BenchConfig, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Benchmark ``config.methods`` on each of ``config.models``; one dict per (model, method).
 
     Args:
-        model_names: timm model names (built with ``pretrained=False``) or embedded backbones.
-        methods: keys of :data:`METHOD_SPECS`.
-        device: ``auto``, ``cpu`` or ``cuda`` (CUDA runs under bf16 autocast, as training does).
-        batch_size: images per step (224×224, or the model's input size).
-        steps: measured steps per method (after ``warmup``), interleaved round-robin.
-        warmup: unmeasured steps per method.
-        num_classes: classifier size.
-        model_kwargs: extra keyword arguments for ``timm.create_model`` (tiny test configs).
-        memory: also measure peak memory and saved activations (one extra untimed step each).
-        inference: also time the merged model against the unadapted one.
-        clock: ``wall`` (perf_counter) or ``cpu`` (this process's CPU time, CPU device only): on a
-            shared, oversubscribed machine the CPU time of a one-thread run excludes the time spent
-            waiting for a core, so it is far steadier than wall time.
+        config: what to measure and how (see :class:`BenchConfig`).
         log: called with progress lines.
 
     Returns:
         Rows with ``model, method, trainable_params, total_params, ms_step, ms_step_vs_lora,
         ms_step_vs_lokr, peak_mb, peak_vs_lora, saved_mb, infer_ms, infer_vs_base, base_infer_ms,
-        merge_max_abs_err, device, memory_kind, batch_size, steps, warmup``; ratios to LoRA (LoKr)
-        are None without a LoRA (LoKr) row.
+        merge_max_abs_err, step_ms_all, wall_ms_all, clock, device, memory_kind, batch_size, steps,
+        warmup``; ratios to LoRA (LoKr) are None without a LoRA (LoKr) row.
     """
-    unknown = [m for m in methods if m not in METHOD_SPECS]
-    if unknown or not methods:
-        raise ConfigError(f"methods {unknown or '[]'} are not benchmarkable; choose from {', '.join(METHOD_SPECS)}.")
-    for name, value in (("batch_size", batch_size), ("steps", steps)):
-        if value < 1:
-            raise ConfigError(f"{name}={value} must be >= 1.")
-    if warmup < 0:
-        raise ConfigError(f"warmup={warmup} must be >= 0.")
-    dev = resolve_device(device)
-    if clock not in ("wall", "cpu") or (clock == "cpu" and dev.type != "cpu"):
-        raise ConfigError(f"clock={clock!r} is not available on {dev}; use 'wall' (or 'cpu' on the CPU).")
+    dev = resolve_device(config.device)
+    _check_clock(config.clock, dev)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     say = log or (lambda _msg: None)
     rows: list[dict[str, Any]] = []
-    for model_name in model_names:
-        torch.manual_seed(seed)
-        base = _load_model(model_name, num_classes, model_kwargs or {}).eval()
-        size = _input_size(base)
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch_size, *size, generator=gen).to(dev)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev)
-        cases = [_build_case(m, base, dev) for m in methods]
-        for case in cases:
-            case.model.train()
-
-        # Round-robin: every method does one step per round, starting at a rotating offset.
-        for i in range(warmup + steps):
-            order = cases[i % len(cases) :] + cases[: i % len(cases)]
-            for case in order:
-                _sync(dev)
-                t0, c0 = time.perf_counter(), time.process_time()
-                _train_step(case, x, y, dev)
-                _sync(dev)
-                if i >= warmup:
-                    wall = 1e3 * (time.perf_counter() - t0)
-                    case.wall_ms.append(wall)
-                    case.step_ms.append(wall if clock == "wall" else 1e3 * (time.process_time() - c0))
-            say(f"{model_name}: round {i + 1}/{warmup + steps}")
-
-        mem: dict[str, tuple[int, int]] = {}
-        if memory:
-            for case in cases:
-                mem[case.method] = _measure_memory(case, x, y, dev)
-            say(f"{model_name}: memory measured")
-
-        base_ms: list[float] = []
-        merge_err: dict[str, float] = {}
-        if inference:
-            base.to(dev)
-            merged_models: dict[str, nn.Module] = {}
-            with torch.no_grad(), autocast(dev):
-                for case in cases:
-                    case.model.eval()
-                    merged = case.merged().to(dev).eval()
-                    merge_err[case.method] = (case.model(x).float() - merged(x).float()).abs().max().item()
-                    merged_models[case.method] = merged
-                    case.model = case.optimizer = None  # free the training copy before timing
-                # A fresh copy, made like the merged ones, so both are timed under the same
-                # conditions (allocation age and placement) as the models they are compared with.
-                runners = [("unadapted", copy.deepcopy(base))] + list(merged_models.items())
-                for i in range(warmup + steps):
-                    for name, module in runners[i % len(runners) :] + runners[: i % len(runners)]:
-                        _sync(dev)
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        module(x)
-                        _sync(dev)
-                        if i >= warmup:
-                            clock_now, start = (
-                                (time.perf_counter(), t0) if clock == "wall" else (time.process_time(), c0)
-                            )
-                            elapsed = 1e3 * (clock_now - start)
-                            if name == "unadapted":
-                                base_ms.append(elapsed)
-                            else:
-                                next(c for c in cases if c.method == name).infer_ms.append(elapsed)
-            say(f"{model_name}: inference timed")
-
-        ref = next((c for c in cases if c.method == _REFERENCE), None)
-        lokr = next((c for c in cases if c.method == _LOKR), None)
-        ref_mem = mem.get(_REFERENCE, (None,))[0]
-        base_infer = _median(base_ms) if base_ms else None
-        kind = (
-            "cuda max_memory_allocated (method alone)"
-            if dev.type == "cuda"
-            else "peak live tensor bytes (dispatch tracker)"
-        )
-        for case in cases:
-            ms = _median(case.step_ms)
-            peak, saved = mem.get(case.method, (None, None))
-            infer = _median(case.infer_ms) if case.infer_ms else None
-            infer_ratio = paired_ratio(case.infer_ms, base_ms) if case.infer_ms and base_ms else None
-            rows.append(
-                {
-                    "model": model_name,
-                    "method": case.method,
-                    "trainable_params": case.trainable,
-                    "total_params": case.total,
-                    "ms_step": ms,
-                    "ms_step_vs_lora": paired_ratio(case.step_ms, ref.step_ms) if ref else None,
-                    "ms_step_vs_lokr": paired_ratio(case.step_ms, lokr.step_ms) if lokr else None,
-                    "peak_mb": peak / 2**20 if peak is not None else None,
-                    "peak_vs_lora": peak / ref_mem if peak is not None and ref_mem else None,
-                    "saved_mb": saved / 2**20 if saved is not None else None,
-                    "infer_ms": infer,
-                    "infer_vs_base": infer_ratio,
-                    "base_infer_ms": base_infer,
-                    "merge_max_abs_err": merge_err.get(case.method),
-                    "step_ms_all": [round(v, 2) for v in case.step_ms],
-                    "wall_ms_all": [round(v, 2) for v in case.wall_ms],
-                    "clock": clock,
-                    "device": str(dev),
-                    "memory_kind": kind if memory else None,
-                    "batch_size": batch_size,
-                    "steps": steps,
-                    "warmup": warmup,
-                }
-            )
-        del cases, base
+    for model_name in config.models:
+        # Built one at a time (and dropped after its rows), so only one model's copies are alive.
+        rows += _ModelBench(config, model_name, dev, say).run()
     return rows
 
 
@@ -535,60 +567,59 @@ def _split(values: Sequence[str]) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``karst bench`` / ``benchmarks/bench_speed.py``: print the table; exit 2 on bad settings."""
+def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
+    """The ``karst bench`` flag of one BenchConfig field: a switch for a bool, else one value (a list: several)."""
+    if spec.kind == "bool":  # the flag switches away from the default (--no-memory)
+        parser.add_argument(spec.flag, dest=spec.name, action="store_const", const=not spec.default,
+                            default=spec.default, help=("skip " if spec.default else "") + spec.help)
+    elif spec.kind == "list":  # space- or comma-separated
+        parser.add_argument(spec.flag, dest=spec.name, nargs="+", default=list(spec.default), help=spec.help)
+    else:
+        shown = "" if spec.default is None else f" (default {spec.default})"
+        parser.add_argument(spec.flag, dest=spec.name, type=int if spec.kind == "int" else str, choices=spec.choices,
+                            default=spec.default, help=spec.help + shown)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="karst bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="timm names or karst-vit-micro")
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_SPECS), help=", ".join(METHOD_SPECS))
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=8, help="measured steps per method")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (1 is steadiest on a shared CPU)"
-    )
-    parser.add_argument(
-        "--clock", default="wall", choices=("wall", "cpu"), help="cpu: process CPU time (steadier on a shared CPU)"
-    )
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory step")
-    parser.add_argument("--no-inference", action="store_true", help="skip merged-inference timing")
+    for spec in field_specs(BenchConfig):
+        if spec.flag is not None:
+            _add_flag(parser, spec)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-' for stdout)")
     parser.add_argument("--out", metavar="FILE.md", help="also write the table (with environment) to a file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"error: --threads={args.threads} must be >= 1.", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    values = {s.name: getattr(args, s.name) for s in field_specs(BenchConfig) if s.flag is not None}
+    return BenchConfig(**{k: _split(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _write_files(args: argparse.Namespace, command: str, rows: list[dict[str, Any]]) -> None:
+    """``--out`` (the table after the environment and command) and ``--json FILE``, all rows so far."""
+    if args.out:
+        text = f"{_environment()}\n\nCommand: `{command.strip()}`\n\n{format_table(rows)}"
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json and args.json != "-":
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``karst bench`` / ``benchmarks/bench_speed.py``: print the table; exit 2 on bad settings."""
+    args = _parser().parse_args(argv)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     command = "karst bench " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict[str, Any]] = []
     try:
+        config = _config(args)
         # One model at a time, writing the files after each, so a long run leaves partial results.
-        for model_name in _split(args.models):
-            new_rows = run_benchmark(
-                [model_name],
-                _split(args.methods),
-                device=args.device,
-                batch_size=args.batch_size,
-                steps=args.steps,
-                warmup=args.warmup,
-                num_classes=args.num_classes,
-                memory=not args.no_memory,
-                inference=not args.no_inference,
-                clock=args.clock,
-                log=log,
-            )
+        for model_name in config.models:
+            new_rows = run_benchmark(dataclasses.replace(config, models=(model_name,)), log)
             rows += new_rows
             print(format_table(new_rows), flush=True)
-            if args.out:
-                text = f"{_environment()}\n\nCommand: `{command.strip()}`\n\n{format_table(rows)}"
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(text + "\n")
-            if args.json and args.json != "-":
-                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            _write_files(args, command, rows)
     except KarstError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
