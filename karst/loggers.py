@@ -1,7 +1,7 @@
 """Experiment loggers: the trainer's events written by TensorBoard's and MLflow's own libraries.
 
-Both are plain classes with the trainer's callback methods (duck typing: ``karst.train`` imports this
-module, so it cannot import the trainer's ``Callback`` base back). Neither library is a dependency of
+Both are trainer callbacks (``karst.callbacks.Callback``), added by ``karst.train`` when
+``config.tensorboard`` / ``config.mlflow`` is set. Neither library is a dependency of
 KARST: each is imported when its logger is created, and a missing package is a ``ConfigError`` that
 says to ``pip install -r requirements-loggers.txt``.
 """
@@ -9,10 +9,12 @@ says to ``pip install -r requirements-loggers.txt``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+from .callbacks import Callback
 from .errors import ConfigError
 from .runs import FileLock
 
@@ -47,7 +49,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Writes scalars, the configuration and its hyperparameters as TensorBoard event files.
 
     Steps are optimiser steps for ``train/*`` per-step scalars and epochs for the per-epoch ones, so
@@ -63,6 +65,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir: str | Path, config: dict[str, Any]):
         try:
+            # local: an optional extra (requirements-loggers.txt), imported only when asked for
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
         except ImportError:  # torch's own message names no module: only tensorboard can be missing here
@@ -121,7 +124,7 @@ class TensorBoardLogger:
         self._closed = True
 
 
-class MLflowLogger:
+class MLflowLogger(Callback):
     """Logs the run to MLflow in a local folder, through an ``MlflowClient`` (no server, no global run).
 
     The store is an SQLite file ``<tracking_dir>/mlflow.db`` (artifacts would go to
@@ -132,6 +135,10 @@ class MLflowLogger:
 
     Step metrics are buffered and written at most once a second (and at each epoch, test and end):
     every write is an SQLite transaction, which would otherwise slow short training steps.
+
+    The first run in a new folder takes a few seconds: MLflow creates the tables by running its schema
+    migrations. ``import mlflow`` also turns on MLflow's usage telemetry (``~/.config/mlflow/``, a
+    reporting thread) unless ``MLFLOW_DISABLE_TELEMETRY=true`` or ``DO_NOT_TRACK=true`` is set.
 
     Args:
         tracking_dir: the folder holding the store (created if missing); runs of several trainings share it.
@@ -147,7 +154,11 @@ class MLflowLogger:
 
     def __init__(self, tracking_dir: str | Path, config: dict[str, Any], run_name: str | None = None,
                  experiment: str = "karst"):
+        # KARST Studio sends nothing anywhere on its own: MLflow's usage telemetry stays off unless the
+        # user turned it on explicitly (setdefault keeps their choice).
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         try:
+            # local: an optional extra (requirements-loggers.txt), imported only when asked for
             import alembic  # noqa: F401  (the SQLite store's schema migrations)
             import sqlalchemy  # noqa: F401
             from mlflow import MlflowClient, entities
@@ -159,8 +170,8 @@ class MLflowLogger:
         self.tracking_dir = Path(tracking_dir).resolve()
         self.tracking_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{(self.tracking_dir / 'mlflow.db').as_posix()}"
-        # Two trainings starting at once would both create the tables or the experiment: the second
-        # fails. An exclusive lock on a file next to the store serialises just this setup.
+        # Two trainings starting at once would both create the experiment and the second would fail
+        # (MLflow itself serialises the creation of the tables). A lock next to the store prevents it.
         with FileLock(self.tracking_dir / ".lock"):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             found = self._client.get_experiment_by_name(experiment)

@@ -9,6 +9,7 @@ if [ ! -x "$PY" ]; then
   exit 2
 fi
 "$PY" -m pip install -q -r requirements-dev.txt
+"$PY" -m pip install -q -r requirements-loggers.txt  # optional loggers: their tests read back what they wrote
 # The browser tests drive Debian's chromium (Playwright's own browser download needs a network).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
