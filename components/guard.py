@@ -2,7 +2,8 @@
 
 Every event handler a panel registers goes through :func:`guarded`. A ``KarstError`` is the user's
 to fix, so its one-line message is shown as is. Anything else is a bug: the traceback goes to the
-server log and the user gets a short message saying so.
+server log (``app.py`` logs to the standard error of the terminal that runs it) and the user gets a
+short message saying so and where to look.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import gradio as gr
 
 from karst.errors import KarstError
 
-__all__ = ["guarded", "user_message"]
+__all__ = ["guarded", "report", "user_message"]
 
 log = logging.getLogger("karst.app")
 SLOW_S = 2.0
@@ -33,7 +34,15 @@ def user_message(err: BaseException) -> str:
     """The one line a user sees for ``err``."""
     if isinstance(err, KarstError):
         return str(err)
-    return f"Something went wrong ({type(err).__name__}: {err}). The details are in the server log."
+    return (f"Something went wrong ({type(err).__name__}: {err}). This is a bug; the traceback is in the "
+            "server log (the terminal running app.py).")
+
+
+def report(err: BaseException, where: str) -> str:
+    """Log ``err`` with its traceback if it is a bug (not a ``KarstError``); return :func:`user_message`."""
+    if not isinstance(err, KarstError):
+        log.error("%s failed", where, exc_info=err)
+    return user_message(err)
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,10 +56,8 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except gr.Error:
             raise
         except Exception as err:
-            if not isinstance(err, KarstError):
-                log.exception("handler %s failed", _name(fn))
             # gr.Error renders HTML; messages may quote user input such as file names.
-            raise gr.Error(html.escape(user_message(err)), print_exception=False) from None
+            raise gr.Error(html.escape(report(err, f"handler {_name(fn)}")), print_exception=False) from None
         finally:
             took = time.perf_counter() - start
             if took > SLOW_S:  # a slow view makes the page feel stuck: leave a trace for the operator

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -133,18 +134,17 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]]) -> go.Figure:
     usable = [p for p in points if p.get("params") and p.get("acc") is not None]
     if not usable:
         return empty_figure("No finished runs with an accuracy among the ticked ones yet.")
-    fig = go.Figure()
-    for method in sorted({p["method"] for p in usable}):
-        group = [p for p in usable if p["method"] == method]
-        fig.add_trace(go.Scatter(
-            x=[p["params"] for p in group], y=[p["acc"] for p in group], mode="markers+text",
-            text=[p["label"] for p in group], textposition="top center", name=method,
-            marker={"size": 12, "color": _METHOD_COLORS.get(method)},
-            hovertemplate="%{text}<br>%{x:,} trainable<br>acc %{y:.1%}<extra></extra>",
-        ))
-    fig.update_xaxes(type="log", title_text="trainable parameters (log scale)")
-    fig.update_yaxes(title_text="accuracy", tickformat=".0%")
-    fig.update_layout(**_LAYOUT, height=380, title="accuracy vs. trainable parameters")
+    columns = {key: [p[key] for p in usable] for key in ("label", "method", "params", "acc")}
+    fig = px.scatter(
+        columns, x="params", y="acc", color="method", text="label", log_x=True,
+        color_discrete_map=_METHOD_COLORS, category_orders={"method": sorted(set(columns["method"]))},
+        labels={"params": "trainable parameters (log scale)", "acc": "accuracy"},
+        title="accuracy vs. trainable parameters",
+    )
+    fig.update_traces(marker_size=12, textposition="top center",
+                      hovertemplate="%{text}<br>%{x:,} trainable<br>acc %{y:.1%}<extra></extra>")
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(**_LAYOUT, height=380, legend_title_text=None)
     return fig
 
 
@@ -158,10 +158,10 @@ def heatmap(matrix: np.ndarray, title: str, max_side: int = MAX_HEATMAP_SIDE, he
         title = f"{title} — {shape[0]}×{shape[1]}"
     finite = np.abs(small[np.isfinite(small)])
     bound = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    fig = go.Figure(go.Heatmap(z=small, colorscale="RdBu", reversescale=True, zmid=0,
-                               zmin=-bound, zmax=bound, colorbar={"thickness": 10}))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_xaxes(constrain="domain")
+    # Red positive, blue negative, white at 0 (rows top-down, square cells: imshow's defaults).
+    fig = px.imshow(small, color_continuous_scale="RdBu_r", color_continuous_midpoint=0, zmin=-bound, zmax=bound,
+                    labels={"color": "z"})
+    fig.update_coloraxes(colorbar={"thickness": 10, "title": None})
     fig.update_layout(**_LAYOUT, height=height, title={"text": title, "font": {"size": 13}})
     return fig
 

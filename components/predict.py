@@ -9,6 +9,8 @@ from typing import Any
 
 import gradio as gr
 
+from karst.errors import KarstError
+
 from . import plots, texts
 from .guard import guarded
 from .runner import Prediction, Runner
@@ -85,16 +87,17 @@ def build() -> PredictPanel:
 
 # ---------------------------------------------------------------------------- handlers
 def downloads(runner: Runner, run_id: str | None) -> tuple:
-    """Show the three download buttons for a run that ended; hide them otherwise, saying why."""
+    """Show the three download buttons for a run that ended; hide them otherwise, saying why.
+
+    Raises anything but a ``KarstError`` (a bug), for :func:`guarded` to log and report.
+    """
     hidden = (gr.DownloadButton(visible=False),) * 3
     if not run_id:
         return (*hidden, "Pick a run to download its files.")
     try:
         merged, card, adapter = runner.downloads(run_id)
-    except Exception as err:  # not an error for the user: the run may simply still be training
-        from .guard import user_message
-
-        return (*hidden, f"ℹ️ {user_message(err)}")
+    except KarstError as err:  # a note, not an error: the run may simply still be training
+        return (*hidden, f"ℹ️ {err}")
     size = merged.stat().st_size / 1e6
     return (gr.DownloadButton(value=str(merged), visible=True), gr.DownloadButton(value=str(card), visible=True),
             gr.DownloadButton(value=str(adapter), visible=True),

@@ -15,7 +15,7 @@ import gradio as gr
 from karst.runs import ACTIVE_STATES
 
 from . import fmt, plots, texts
-from .guard import guarded, user_message
+from .guard import guarded, report
 from .header import Header
 from .runner import Runner
 
@@ -89,7 +89,7 @@ def poll(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
     try:
         *views, details = render(runner, run_id)
     except Exception as err:  # a tick must never raise: it would toast every half second
-        return gr.skip(), f"⚠️ {user_message(err)}", gr.skip(), gr.skip(), new_sig, gr.skip()
+        return gr.skip(), f"⚠️ {report(err, 'watch poll')}", gr.skip(), gr.skip(), new_sig, gr.skip()
     return (*views, details, new_sig, _timer(details))
 
 

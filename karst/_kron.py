@@ -15,8 +15,8 @@ backward pass. U and V are cheap to recompute from X (a few % of the layer's FLO
 recovered from the output y as z = (y - s2) / (1 + s1). So the backward only needs the layer input x
 (which LoRA keeps too: a frozen ``F.linear`` keeps nothing, the adapter needs x for ∂L/∂B) and the
 output y, which the next op keeps anyway after qkv (attention's q, k, v) and fc1 (GELU). After proj
-and fc2 (residual adds) y is the one extra: measured on vit_small, 1.06× LoRA's peak memory with
-channel re-scaling, 0.97× without (benchmarks/RESULTS.md); ``recompute_output`` trades it for FLOPs.
+and fc2 (residual adds) y is the one extra, which keeps peak memory close to LoRA's (figures in
+benchmarks/RESULTS.md); ``recompute_output`` trades it for FLOPs.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def _flat_A(A: torch.Tensor) -> torch.Tensor:
     return A.permute(0, 2, 1).reshape(n * r, p)
 
 
-# CPU BLAS (MKL here) runs a tall GEMM with 8 or fewer columns several times slower than one with
-# 16 ((R, 8) @ (8, 8) took 4x the time of (R/2, 16) @ (16, 16) on the benchmark machine), so the
-# mixing by C_i takes s consecutive m-blocks per GEMM row, with s·m >= _MIX_WIDTH (see _mix_group).
+# CPU BLAS runs a tall GEMM with 8 or fewer columns several times slower than one with 16 (figures in
+# benchmarks/RESULTS.md), so the mixing by C_i takes s consecutive m-blocks per GEMM row, with
+# s·m >= _MIX_WIDTH (see _mix_group).
 _MIX_WIDTH = 16
 
 
@@ -59,14 +59,9 @@ def _mix_matrix(C: torch.Tensor, s: int) -> torch.Tensor:
     return mix.view(n, s * m, s * m)
 
 
-# MKL runs the GEMM small (R, c) @ big (T·m, c)ᵀ, R = N·r = 16, up to twice as slow as big @ smallᵀ
-# when c is large (c = 192, T·m = 6304, 1 thread on the benchmark machine: 1.1-2.3 ms vs 0.8-1.2 ms
-# including the ~0.1 ms transpose of the (T·m, R) product into place); at c = 48 the plain order is
-# faster and at c = 144 (vit_small's qkv ∂Vᵀ) they tie. Used for the down-projection (c = d_in/m)
-# and ∂L/∂Vᵀ (c = d_out/m). Paired per layer (vit_small, T = 4·197, forward + backward): fc1
-# -1.1 ms (-3.0%), fc2 -1.7 ms (-4.5%). With 2 threads the plain order hardly parallelises (c = 192:
-# 1.38 ms vs 0.53 ms, +0.18 ms for the transpose, which does not parallelise either), so there
-# fc2's layer gains ~4-6 ms of CPU time of ~45.
+# CPU BLAS runs the GEMM small (R, c) @ big (T·m, c)ᵀ, R = N·r, slower than big @ smallᵀ plus a
+# transpose once c is this wide, and faster below it (figures in benchmarks/RESULTS.md). Used for the
+# down-projection (c = d_in/m) and ∂L/∂Vᵀ (c = d_out/m).
 _T_ORDER_MIN = 192
 
 

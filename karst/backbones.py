@@ -24,7 +24,9 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from timm.data import create_transform, resolve_data_config
 
 from karst.data.safety import to_rgb
@@ -87,14 +89,12 @@ class Backbone:
     card: dict | None = None
     notes: list[str] = field(default_factory=list)
 
-    def transform(self, is_training: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> normalised tensor, with the backbone's preprocessing.
 
-        Training uses the same deterministic resize/crop as evaluation: the PETL literature
-        (VTAB-1K) fine-tunes without augmentation, so ``is_training`` changes nothing here; it is
-        kept so callers state their intent.
+        Training uses this same deterministic resize/crop as evaluation: the PETL literature
+        (VTAB-1K) fine-tunes without augmentation.
         """
-        del is_training
         tf = create_transform(**self.data_config, is_training=False)
 
         def apply(img: Image.Image) -> torch.Tensor:
@@ -209,7 +209,7 @@ def _load_embedded(num_classes: int, pretrained: bool, drop_path_rate: float) ->
                 "run `python scripts/pretrain_embedded.py` "
                 "or use pretrained=False for a randomly initialised backbone."
             )
-        _load_state(model, _read_weights(weights), str(weights), arch, strict_body=True)
+        _load_state(model, _read_weights(weights)[0], str(weights), arch)
     _set_data_config(model, data_config)
     return Backbone(model, EMBEDDED_BACKBONE, arch, _resolve(model), card=_read_card())
 
@@ -258,15 +258,13 @@ def _load_hub(name: str, num_classes: int, pretrained: bool, drop_path_rate: flo
 
 def _hub_cached(name: str) -> bool:
     """Whether the hub weights of ``name`` are already in the huggingface cache (no network)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cfg = timm.models.get_pretrained_cfg(name)
-        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-        if not repo:
-            return False
         return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
-    except Exception:  # noqa: BLE001 - a listing must never fail because of a cache probe
+    except (OSError, ValueError):  # an unreadable cache or a malformed repo id: not cached, for a listing
         return False
 
 
@@ -303,21 +301,16 @@ def _arch_from(arch: str | dict | None, path: Path, metadata: dict[str, str]) ->
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of a weight file, never unpickling arbitrary objects."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors import safe_open
-
+    if path.suffix.lower() == ".safetensors":
+        try:
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                return {k: f.get_tensor(k) for k in f.keys()}, meta
+                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise _unreadable(path, err) from err
+    try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to parse is the user's file, not a bug
-        reason = str(err).split("\n")[0][:160]
-        raise BackboneError(
-            f"Could not read the weight file {path} ({type(err).__name__}: {reason}); give a .safetensors file, or a "
-            ".pt/.pth state dict loadable with torch.load(weights_only=True)."
-        ) from err
+    except Exception as err:  # noqa: BLE001 - torch's unpickler raises KeyError, EOFError... on arbitrary bytes
+        raise _unreadable(path, err) from err
     # Common wrappers of a state dict in training checkpoints.
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -325,6 +318,14 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BackboneError(f"The file {path} does not hold a state dict of tensors; save model.state_dict() to it.")
     return {k.removeprefix("module."): v for k, v in obj.items()}, {}
+
+
+def _unreadable(path: Path, err: Exception) -> BackboneError:
+    reason = str(err).split("\n")[0][:160]
+    return BackboneError(
+        f"Could not read the weight file {path} ({type(err).__name__}: {reason}); give a .safetensors file, or a "
+        ".pt/.pth state dict loadable with torch.load(weights_only=True)."
+    )
 
 
 def _load_local(path: Path, num_classes: int, arch: str | dict | None, drop_path_rate: float) -> Backbone:
@@ -338,22 +339,18 @@ def _load_local(path: Path, num_classes: int, arch: str | dict | None, drop_path
     state, metadata = _read_weights(path)
     resolved = _arch_from(arch, path, metadata)
     model = _create(resolved, num_classes, drop_path_rate)
-    notes = _load_state(model, (state, metadata), str(path), resolved, strict_body=True)
+    notes = _load_state(model, state, str(path), resolved)
     data_config = None
     if "data_config" in metadata:
         try:
             data_config = json.loads(metadata["data_config"])
         except ValueError:
             data_config = None
-    if data_config is None and resolved == _embedded_arch_or_none():
+    if data_config is None and resolved == _embedded_arch()[0]:
         data_config = _embedded_arch()[1]
     if data_config:
         _set_data_config(model, data_config)
     return Backbone(model, str(path), resolved, _resolve(model), notes=notes)
-
-
-def _embedded_arch_or_none() -> dict:
-    return _embedded_arch()[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,20 +379,12 @@ def _is_head(key: str, model: torch.nn.Module) -> bool:
     return any(key == h or key.startswith(h + ".") for h in heads)
 
 
-def _load_state(
-    model: torch.nn.Module,
-    weights: tuple[dict[str, torch.Tensor], dict[str, str]],
-    source: str,
-    arch: dict,
-    *,
-    strict_body: bool,
-) -> list[str]:
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, arch: dict) -> list[str]:
     """Load everything but the classifier head strictly; the head only when its shape fits.
 
     A pre-trained head for another label set is dropped (the task gets a fresh one), which is
     what fine-tuning a backbone means; any mismatch in the body is an error.
     """
-    state, _ = weights
     own = model.state_dict()
     body_missing = [k for k in own if k not in state and not _is_head(k, model)]
     unexpected = [k for k in state if k not in own]
@@ -404,7 +393,7 @@ def _load_state(
         for k in state
         if k in own and state[k].shape != own[k].shape and not _is_head(k, model)
     ]
-    if strict_body and (body_missing or unexpected or wrong_shape):
+    if body_missing or unexpected or wrong_shape:
         parts = []
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} shape mismatch(es) e.g. {'; '.join(wrong_shape[:2])}")
@@ -413,7 +402,7 @@ def _load_state(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s) e.g. {', '.join(unexpected[:3])}")
         raise BackboneError(
-            f"The weights in {source} do not fit architecture {arch['model_name']} {arch['kwargs'] or ''}: "
+            f"The weights in {source} do not fit architecture {arch['model_name']}{_kwargs_text(arch)}: "
             f"{'; '.join(parts)}; pass the arch= these weights were trained with."
         )
     notes = []
@@ -424,6 +413,10 @@ def _load_state(
         notes.append("the file's classifier head has another number of classes; a fresh head was created")
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in to_load.items()}}, strict=True)
     return notes
+
+
+def _kwargs_text(arch: dict) -> str:
+    return f" {arch['kwargs']}" if arch["kwargs"] else ""
 
 
 def _set_data_config(model: torch.nn.Module, data_config: dict) -> None:

@@ -20,7 +20,10 @@ from tqdm import tqdm
 
 from .callbacks import Callback, Progress
 from .config import FieldSpec, TrainConfig, config_from_values, field_specs, parse_value
+from .data import list_datasets
 from .errors import ConfigError, KarstError
+from .jobs import run_foreground, run_worker
+from .runs import RunStore
 
 __all__ = ["main", "build_parser"]
 
@@ -108,6 +111,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config {path} does not exist; give a JSON file of TrainConfig fields.") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path} cannot be read ({e.strerror}); give a readable JSON file.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path} is not valid JSON ({e}); fix the file or leave --config out.") from None
     if not isinstance(data, dict):
@@ -168,8 +173,7 @@ class _ProgressBar(Callback):
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import list_backbones
-    from .data import list_datasets
+    from .backbones import list_backbones  # local: timm takes seconds to import; `karst --help` needs none of it
 
     def embedded_first(rows: list[dict]) -> list[dict]:
         return sorted(rows, key=lambda r: not r.get("embedded"))
@@ -190,8 +194,6 @@ _SUMMARY_KEYS = ("run_id", "status", "val_acc", "test_acc", "trainable_params", 
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .jobs import run_foreground
-
     config = _train_config(args)
     summary = run_foreground(config, args.runs_dir, callbacks=[_ProgressBar()])
     if args.json:
@@ -206,8 +208,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import RunStore
-
     runs = RunStore(args.runs_dir).list_runs()
     if args.json:
         print(json.dumps(runs))
@@ -227,23 +227,19 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .runs import RunStore
-
     status = RunStore(args.runs_dir).request_cancel(args.run)
     print(f"{args.run}: {status['status']}" + (" (cancel requested)" if status["status"] == "running" else ""))
     return 0
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from .runs import RunStore
-
     RunStore(args.runs_dir).delete(args.run)
     print(f"deleted {args.run}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from .export import export_run  # local: timm takes seconds to import; `karst --help` needs none of it
 
     files = export_run(args.run, args.out, runs_dir=args.runs_dir)
     for path in files.values():
@@ -252,7 +248,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .export import Predictor
+    from .export import Predictor  # local: timm takes seconds to import; `karst --help` needs none of it
 
     predictor = Predictor.from_source(args.model, runs_dir=args.runs_dir)
     results = predictor.predict(args.images, top_k=args.top_k)
@@ -266,8 +262,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from .jobs import run_worker
-
     return run_worker(args.runs_dir, idle_exit_s=args.idle_exit, threads=args.threads)
 
 
@@ -289,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "bench":
             # The benchmark owns its flags; hand them over untouched.
-            from .bench import main as bench_main
+            from .bench import main as bench_main  # local: timm takes seconds to import
 
             return int(bench_main(argv[1:]) or 0)
         args = build_parser().parse_args(argv)

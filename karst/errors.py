@@ -1,7 +1,8 @@
 """Typed errors whose message is one line: what was given, why it is wrong, what to try.
 
 The CLI prints ``str(err)`` and exits with status 2; the app shows it as a message. Any other
-exception escaping the library is a bug.
+exception escaping the library is a bug. Which type goes with which condition: the table under
+"Errors: one type per condition" in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ class KarstError(ValueError):
 
 
 class ConfigError(KarstError):
-    """Invalid settings (adapter, method or training configuration)."""
+    """Invalid settings (adapter, method or training configuration), or settings that do not fit the model."""
 
 
 class DataError(KarstError):
-    """A dataset that cannot be read, is malformed or unsafe."""
+    """Data or an image that cannot be read, is malformed or unsafe (pixel limit, zip checks)."""
 
 
 class BackboneError(KarstError):
@@ -31,4 +32,5 @@ class BackboneError(KarstError):
 
 
 class RunError(KarstError):
-    """A run folder that does not exist, is in the wrong state, or is damaged."""
+    """A run that does not exist, is in the wrong state or is damaged, or a model file (adapter,
+    merged model) that cannot be loaded or merged."""

@@ -28,11 +28,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import timm
+import timm.data
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from .backbones import load_backbone
 from .callbacks import Callback
+from .config import TrainConfig
 from .errors import ConfigError, KarstError, RunError
+from .images import open_image
+from .methods import build_method
 from .runs import RunStore, atomic_write_json, publish, read_json
 
 __all__ = [
@@ -63,8 +71,6 @@ def export_meta(backbone: Any, class_names: Sequence[str], method: str, run_id: 
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
     # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -151,21 +157,18 @@ def load_run(run: str | Path, runs_dir: str | Path | None = None, device: str = 
     Returns:
         (method, backbone, class_names); ``method.model`` is in eval mode on ``device``.
     """
-    from safetensors import safe_open
-
-    from .backbones import load_backbone
-    from .config import TrainConfig
-    from .methods import build_method
-
     run_dir = _run_dir(run, runs_dir)
     store = RunStore(run_dir.parent)
     checkpoint = store.last_checkpoint(run_dir.name)
     if checkpoint is None:
         raise RunError(f"run {run_dir.name} has no saved weights yet (not even the epoch-0 snapshot).")
     config = TrainConfig.from_dict(read_json(run_dir / "config.json"))
-    with safe_open(str(checkpoint), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(checkpoint), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise RunError(f"{checkpoint} cannot be read ({e}); delete it to use the run's previous snapshot.") from None
     if "class_names" not in metadata:
         raise RunError(f"{checkpoint} does not record its class names; it was not written by karst.")
     class_names = json.loads(metadata["class_names"])
@@ -198,10 +201,6 @@ def export_run(run: str | Path, out: str | Path | None = None, runs_dir: str | P
 
 def load_merged(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load an exported merged model with timm only; returns (model in eval mode, meta)."""
-    import timm
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise RunError(f"model file {path} does not exist; give a run id, run folder or merged.safetensors.")
@@ -245,8 +244,6 @@ class Predictor:
     @classmethod
     def from_source(cls, source: str | Path, runs_dir: str | Path | None = None, device: str = "cpu") -> Predictor:
         """A run id, a run folder, or a merged ``.safetensors`` file."""
-        import timm.data
-
         p = Path(source)
         if p.suffix == ".safetensors":
             model, meta = load_merged(p)
@@ -260,18 +257,9 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k per image; ``images``: paths, PIL images or arrays, as :func:`karst.images.open_image` takes."""
-        from .errors import DataError
-        from .images import open_image
-
         if top_k < 1:
             raise ConfigError(f"top_k={top_k} must be at least 1.")
-        batch = []
-        for img in images:
-            try:
-                rgb = open_image(img)
-            except DataError as err:  # an unusable input is a bad argument to predict, as before
-                raise ConfigError(str(err)) from None
-            batch.append(self.transform(rgb))
+        batch = [self.transform(open_image(img)) for img in images]  # DataError for an unreadable image
         if not batch:
             return []
         probs = self.model(torch.stack(batch).to(self.device)).float().softmax(-1)

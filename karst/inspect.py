@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from ._kron import kron_delta
 from .config import TrainConfig
@@ -67,8 +68,6 @@ def layers(run: str | Path) -> list[str]:
     saved = epochs(run)
     if not saved:
         return []
-    from safetensors import safe_open
-
     with safe_open(str(_snap(run, saved[0], "epoch")), framework="pt") as f:
         names = (f.metadata() or {}).get("karst_layers", "")
     return [n for n in names.split(",") if n]
@@ -89,8 +88,6 @@ def layer_tensors(run: str | Path, layer: str, epoch: int | None = None) -> dict
 
     ``epoch=None`` is the newest snapshot. ``s1``/``s2`` are None for ``rescale="none"``.
     """
-    from safetensors import safe_open
-
     run = _run_dir(run)
     epoch = _check_epoch(run, epoch, epochs(run), "adapter snapshots")
     known = layers(run)

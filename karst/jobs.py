@@ -29,7 +29,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import TrainConfig
+from .device import device_key, resolve_device
 from .errors import KarstError
 from .runs import FileLock, RunStore, atomic_write_json, read_json
 
@@ -78,7 +81,8 @@ def execute_run(
     Returns:
         The run summary. A ``KarstError`` (bad settings/data) is recorded as ``failed``.
     """
-    from .device import device_key, resolve_device
+    # local: train pulls in timm and the data stack (seconds); importing karst.jobs stays light so
+    # that `karst worker` holds its lock at once, and imports train in _warm_up right after.
     from .train import train
 
     run_dir = store.path(run_id)
@@ -107,8 +111,10 @@ def execute_run(
                 raise
             # Otherwise recorded as failed by the run recorder; the message is in status/summary.
         except Exception:
-            # A bug: keep the traceback next to the run, keep the worker alive.
-            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            # A bug: keep the worker alive. train() saved the traceback to error.log and named the file
+            # in the run's status; one raised outside its loop (while recording the end) is saved here.
+            if not (run_dir / "error.log").exists():
+                (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         return read_json(run_dir / "summary.json") or {"run_id": run_id, "status": "failed"}
     finally:
         if dev_lock is not None:
@@ -163,9 +169,8 @@ def run_worker(
         poll_s: seconds between scans of the queue.
         idle_exit_s: exit after this long with nothing queued (None: run until stopped).
         threads: torch CPU threads. Default: all CPUs but one, unless ``OMP_NUM_THREADS`` is set.
-            The spare core keeps the app that polls this worker responsive; and on a busy small
-            machine, one thread too many makes every step several times slower (measured: ~1.2 s
-            per step with 1 thread vs 6-9 s with 2 on a shared 2-core box).
+            The spare core keeps the app that polls this worker responsive, and on a busy small
+            machine one thread too many makes every step several times slower.
 
     Returns:
         0, or 1 if another worker already serves ``runs_dir``.
@@ -194,16 +199,14 @@ def _warm_up(store: RunStore, threads: int | None) -> None:
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, _available_cpus() - 1)
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     info = {"pid": os.getpid(), "started_at": time.time(), "ready": False}
     atomic_write_json(store.root / ".worker.json", info)
-    # Import the heavy machinery now, so a submitted run starts training within a second or two
-    # (peft too: LoRA/LoKr runs would otherwise pay for its import on their first step).
+    # local: the warm-up itself, once the worker holds its lock and has said so in .worker.json. A run
+    # then starts within a second or two (train brings timm, data, export; LoRA/LoKr runs need peft).
     import peft  # noqa: F401
 
-    from . import backbones, data, export, methods, train  # noqa: F401
+    from . import train  # noqa: F401
 
     atomic_write_json(store.root / ".worker.json", {**info, "ready": True})
     print(f"karst worker {os.getpid()} serving {store.root.resolve()}", file=sys.stderr, flush=True)
@@ -366,9 +369,3 @@ class JobManager:
     def queue_position(self, run_id: str) -> int | None:
         """1 = next to start; None when the run is not waiting in the queue."""
         return self.store.queue_position(run_id)
-
-    def status(self, run_id: str) -> dict[str, Any]:
-        """The run's status plus ``queue_position`` (for a status line in a UI)."""
-        status = dict(self.store.read_status(run_id))
-        status["queue_position"] = self.queue_position(run_id) if status["status"] == "queued" else None
-        return status

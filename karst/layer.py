@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ._kron import KronRescaleFunction, kron_apply, kron_delta
 from .config import KarstConfig
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 
 __all__ = ["KarstLinear", "valid_stack_dims"]
 
@@ -130,13 +130,18 @@ class KarstLinear(nn.Module):
 
     @torch.no_grad()
     def merged_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` computing exactly this layer (float64 accumulation for exactness)."""
+        """A plain ``nn.Linear`` computing exactly this layer (float64 accumulation for exactness).
+
+        Raises:
+            RunError: the trained tensors hold NaN or Inf (a diverged run).
+            ConfigError: the shift ``s2`` has no bias to fold into (a setting that does not fit the layer).
+        """
         params = {"C": self.C, "A": self.A, "B": self.B}
         if self.s1 is not None:
             params.update(s1=self.s1, s2=self.s2)
         bad = [k for k, v in params.items() if not torch.isfinite(v).all()]
         if bad:
-            raise ConfigError(
+            raise RunError(
                 f"cannot merge: {', '.join(bad)} contain NaN or Inf values; the run diverged — "
                 "retrain with a lower learning rate."
             )

@@ -146,7 +146,7 @@ def build_method(model: nn.Module, config: MethodConfig | None = None) -> Method
 
 
 def _build_peft(model: nn.Module, config: MethodConfig) -> Method:
-    from peft import LoKrConfig, LoraConfig, get_peft_model
+    from peft import LoKrConfig, LoraConfig, get_peft_model  # local: ~1 s to import, only LoRA/LoKr need it
 
     targets = _peft_targets(model, config)
     if config.name == "lora":

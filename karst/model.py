@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import KarstConfig
-from .errors import ConfigError
+from .errors import ConfigError, KarstError, RunError
 from .layer import KarstLinear, valid_stack_dims
 
 __all__ = [
@@ -197,8 +197,8 @@ def merge_karst(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         try:
             merged = layer.merged_linear()
-        except ConfigError as err:
-            raise ConfigError(f"{name}: {err}") from None
+        except KarstError as err:  # name the layer; keep the type (RunError: NaN weights, ConfigError: settings)
+            raise type(err)(f"{name}: {err}", field=err.field) from None
         setattr(modules[parent_name], child, merged)
     if hasattr(model, "karst_config"):
         del model.karst_config
@@ -255,14 +255,14 @@ def read_adapter_config(path: str | Path) -> KarstConfig:
     """The KarstConfig stored in an adapter file's metadata."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"adapter file {path} does not exist; pass the adapter.safetensors of a run.")
+        raise RunError(f"adapter file {path} does not exist; pass the adapter.safetensors of a run.")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise ConfigError(f"{path} is not a readable safetensors file ({type(err).__name__}).") from None
+    except (SafetensorError, OSError) as err:
+        raise RunError(f"{path} is not a readable safetensors file ({type(err).__name__}).") from None
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ConfigError(f"{path} is not a KARST adapter file (format {meta.get('format')!r}).")
+        raise RunError(f"{path} is not a KARST adapter file (format {meta.get('format')!r}).")
     return KarstConfig.from_dict(json.loads(meta["karst_config"]))
 
 
@@ -292,17 +292,20 @@ def copy_checked(
         tensors: the loaded tensors, by name.
         mismatch: the start of the error when the keys differ ("adapter file X does not fit ...").
         hint: what to try, ending both error messages.
+
+    Raises:
+        RunError: the keys or shapes differ (weights from another model); nothing is copied then.
     """
     missing = sorted(set(targets) - set(tensors))
     unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:
-        raise ConfigError(
+        raise RunError(
             f"{mismatch}: {len(missing)} missing tensors (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); {hint}."
         )
     for key, tensor in tensors.items():
         if targets[key].shape != tensor.shape:
-            raise ConfigError(
+            raise RunError(
                 f"adapter tensor {key} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(targets[key].shape)}; {hint}."
             )

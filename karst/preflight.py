@@ -29,7 +29,7 @@ from .config import (
 from .data import list_datasets
 from .data.safety import check_zip
 from .device import resolve_device
-from .errors import ConfigError, DataError, KarstError
+from .errors import BackboneError, ConfigError, DataError, KarstError
 from .methods import build_method, check_settings
 from .model import ParamCount
 
@@ -106,7 +106,7 @@ def backbone_spec(source: BackboneSource, name: str, weights_path: str, arch: st
         if not path:
             raise ConfigError("local weights file is empty; enter the path of a .safetensors/.pth file on the server.")
         if not Path(path).is_file():
-            raise ConfigError(f"weights file {path!r} does not exist on the server; check the path.")
+            raise BackboneError(f"weights file {path!r} does not exist on the server; check the path.")
         return path, (arch or "").strip() or None
     name = (name or "").strip()
     if not name:

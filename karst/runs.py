@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from safetensors.torch import save_file
 
 from .config import TrainConfig
 from .errors import RunError
@@ -534,8 +535,6 @@ class RunRecorder:
                      message=f"epoch {progress.epoch}/{progress.epochs} done")
 
     def on_snapshot(self, epoch: int, tensors: dict, stats: dict, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
         folder = self.run_dir / "snapshots"
         final = folder / f"epoch_{epoch:03d}.safetensors"
         tmp = folder / f".epoch_{epoch:03d}.safetensors.tmp"

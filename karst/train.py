@@ -19,6 +19,7 @@ import math
 import os
 import random
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,7 @@ def train(
 
     Raises:
         KarstError: bad settings or data (after callbacks saw the run end as ``failed``).
+        Exception: a bug, after the same; with a ``run_dir`` its traceback is in ``error.log``.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None and cancel_check is None:
@@ -386,8 +388,12 @@ def train(
     except KarstError as e:
         trainer.summary.update(status="failed", message=str(e))
         raise
-    except Exception as e:  # a bug; report it as a failed run, then let it surface
-        trainer.summary.update(status="failed", message=f"internal error: {type(e).__name__}: {e}"[:500])
+    except Exception as e:  # a bug: record a failed run, with the traceback next to it, then let it surface
+        message = f"internal error ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        if run_dir is not None:
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            message += f"; this is a bug, its traceback is in {run_dir / 'error.log'}"
+        trainer.summary.update(status="failed", message=message)
         raise
     finally:
         trainer.summary["seconds"] = round(time.perf_counter() - t_start, 3)

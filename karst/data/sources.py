@@ -33,6 +33,8 @@ from torch.utils.data import Dataset
 
 from karst.data import synthetic
 from karst.data.safety import IMAGE_SUFFIXES, check_image, load_image, safe_extract_zip, to_rgb
+from karst.data.splits import seeded_split
+from karst.data.vtab import load_vtab_folder
 from karst.errors import DataError
 
 __all__ = ["DatasetBundle", "list_datasets", "load_dataset"]
@@ -40,7 +42,6 @@ __all__ = ["DatasetBundle", "list_datasets", "load_dataset"]
 Transform = Callable[[Image.Image], torch.Tensor]
 Source = Literal["embedded", "folder", "zip", "vtab", "torchvision"]
 
-SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}  # seeded split when a folder has no split sub-folders
 MAX_SKIPPED_FRACTION = 0.5  # more unreadable images than this means the wrong folder, not bad luck
 VTAB_LISTS = ("train800val200.txt", "train800.txt", "val200.txt", "test.txt")
 TORCHVISION_SETS = {
@@ -296,8 +297,6 @@ def _load_folder_like(root: Path, transform: Transform, seed: int) -> DatasetBun
     if not root.is_dir():
         raise DataError(f"Dataset path {root} is not a folder; give a folder with one sub-folder per class.")
     if any((root / f).is_file() for f in VTAB_LISTS):
-        from karst.data.vtab import load_vtab_folder  # split out: list parsing has its own rules
-
         return load_vtab_folder(root, transform, seed, make_bundle=_finish_bundle)
     return _load_image_folder(root, transform, seed)
 
@@ -367,35 +366,12 @@ def _load_image_folder(root: Path, transform: Transform, seed: int) -> DatasetBu
             labels += [index[cname]] * len(good)
         splits[split] = (paths, labels)
     if "all" in splits:
-        splits = _seeded_split(*splits.pop("all"), seed, ("train", "val", "test"))
+        splits = seeded_split(*splits.pop("all"), seed, ("train", "val", "test"))
     elif "val" not in splits or "test" not in splits:
         missing = tuple(s for s in ("val", "test") if s not in splits)
-        extra = _seeded_split(*splits.pop("train"), seed, ("train", *missing))
+        extra = seeded_split(*splits.pop("train"), seed, ("train", *missing))
         splits.update(extra)
     return _finish_bundle(root, class_names, splits, transform, skipped, total, ignored, source="folder")
-
-
-def _seeded_split(
-    paths: list, labels: list[int], seed: int, names: tuple[str, ...], fractions: dict[str, float] = SPLIT_FRACTIONS
-) -> dict[str, tuple[list, list[int]]]:
-    """Stratified split of one list into ``names`` (train first); ``fractions`` of the held-out ones."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, tuple[list[Path], list[int]]] = {n: ([], []) for n in names}
-    labels_arr = np.asarray(labels)
-    for c in np.unique(labels_arr):
-        idx = rng.permutation(np.flatnonzero(labels_arr == c))
-        start = 0
-        for n in names[1:]:
-            # At least one image of each class per held-out split when the class has 3 or more.
-            k = max(1 if len(idx) >= len(names) else 0, int(round(fractions[n] * len(idx))))
-            for i in idx[start : start + k]:
-                out[n][0].append(paths[i])
-                out[n][1].append(int(c))
-            start += k
-        for i in idx[start:]:
-            out[names[0]][0].append(paths[i])
-            out[names[0]][1].append(int(c))
-    return out
 
 
 def _finish_bundle(
@@ -445,7 +421,7 @@ def _finish_bundle(
 
 
 def _load_torchvision(name: str, transform: Transform, seed: int, cache_dir: str | os.PathLike | None) -> DatasetBundle:
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # local: ~1.5 s to import, and only torchvision:NAME specs need it
 
     cls = getattr(tvd, name, None)
     if not isinstance(cls, type) or not issubclass(cls, torch.utils.data.Dataset):
@@ -487,7 +463,7 @@ def _load_torchvision(name: str, transform: Transform, seed: int, cache_dir: str
     labels = (
         [int(v) for v in targets] if targets is not None else [int(train_base[i][1]) for i in range(len(train_base))]
     )
-    split = _seeded_split(list(range(len(labels))), labels, seed, ("train", "val"))
+    split = seeded_split(list(range(len(labels))), labels, seed, ("train", "val"))
     classes = [str(c) for c in getattr(train_base, "classes", [])] or [str(i) for i in range(max(labels) + 1)]
     return DatasetBundle(
         name=f"torchvision:{name}",

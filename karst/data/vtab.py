@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from karst.data.safety import check_image
+from karst.data.splits import seeded_split
 from karst.errors import DataError
 
 __all__ = ["load_vtab_folder", "parse_list"]
@@ -80,8 +81,6 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
         seed: Seed of the 80/20 train/val split when only ``train800val200.txt`` is given.
         make_bundle: ``sources._finish_bundle`` (passed in to keep the import graph one-way).
     """
-    from karst.data.sources import _seeded_split  # noqa: PLC0415 - same package, avoids a cycle
-
     if not (root / "test.txt").is_file():
         raise DataError(
             f"VTAB folder {root} has no test.txt; a VTAB-1K task needs test.txt and train800.txt/val200.txt."
@@ -92,7 +91,7 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
         lists["val"] = parse_list(root, "val200.txt")
     elif (root / "train800val200.txt").is_file():
         union = parse_list(root, "train800val200.txt")
-        split = _seeded_split([p for p, _ in union], [y for _, y in union], seed, ("train", "val"), {"val": 0.2})
+        split = seeded_split([p for p, _ in union], [y for _, y in union], seed, ("train", "val"), {"val": 0.2})
         lists["train"] = list(zip(*split["train"]))
         lists["val"] = list(zip(*split["val"]))
     else:
