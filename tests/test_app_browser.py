@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_server import AppHandle, make_evil_zip, make_png, start_app
+from helpers import AppHandle, make_evil_zip, make_png, start_app
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = playwright_sync.expect

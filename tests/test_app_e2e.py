@@ -18,10 +18,9 @@ import httpx
 import pytest
 import timm
 import torch
-from app_server import AppHandle, fast_form, form_values, make_evil_zip, make_png, start_app
-from engine_helpers import wait_for
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from helpers import AppHandle, fast_form, form_values, make_evil_zip, make_png, start_app, wait_for
 from safetensors.torch import load_file
 
 RUN_TIMEOUT_S = 120.0
@@ -127,7 +126,8 @@ def test_compare_two_runs(client: Client, karst_run: dict[str, Any], lora_run: d
     assert {karst_run["run_id"], lora} <= set(value(ticked))
     assert methods[karst_run["run_id"]] == "karst" and methods[lora] == "lora"
     curves, scatter = client.predict([karst_run["run_id"], lora], api_name="/compare")
-    points = sum(len(trace["x"]) for trace in json.loads(scatter["plot"])["data"])
+    # One label per marker; x and y are numpy columns (plotly express), serialised as base64 arrays.
+    points = sum(len(trace["text"]) for trace in json.loads(scatter["plot"])["data"])
     assert points == 2
     assert len(json.loads(curves["plot"])["data"]) == 4  # val acc and loss per run
 

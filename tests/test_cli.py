@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import tiny_backbone, trained_run
+from helpers import tiny_backbone, trained_run
 from PIL import Image
 
 from karst.cli import main
@@ -89,7 +89,7 @@ def test_train_export_predict_runs(capsys, tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["device"] == "cpu"
     assert "epoch 1/1" in err  # progress lines on stderr (not a terminal: one line per epoch)
     config = json.loads((runs / summary["run_id"] / "config.json").read_text())
-    assert config["rank"] == 2 and config["probe_size"] == 8 and config["seed"] == 5
+    assert config["method"]["adapter"]["rank"] == 2 and config["probe_size"] == 8 and config["seed"] == 5
 
     code, out, _ = _run(capsys, "runs", "--json", "--runs-dir", str(runs))
     assert code == 0 and json.loads(out)[0]["run_id"] == summary["run_id"]
@@ -131,4 +131,4 @@ def test_train_help_gives_each_methods_learning_rate(capsys) -> None:
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert exc.value.code == 0
-    assert "(default karst 0.01, lora 0.003, lokr 0.01, full 0.001, probe 0.03)" in out
+    assert "(karst 0.01, lora 0.003, lokr 0.01, full 0.001, probe 0.03)" in out

@@ -1,4 +1,4 @@
-"""Pure helpers of the app: figure builders, formatting, form validation, launch flags.
+"""Pure helpers of the app: figure builders, formatting, launch flags.
 
 No server here (see test_app_e2e.py / test_app_browser.py); these check behaviour on made-up data.
 """
@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from PIL import Image
 
 from app import parse_args, parse_auth
 from components import fmt, plots
-from components.runner import SetupForm, backbone_spec, dataset_spec, open_image
-from karst.errors import ConfigError, DataError, KarstError
 
 
 # ---------------------------------------------------------------------------- plots
@@ -121,81 +118,6 @@ def test_progress_html_shows_fraction_eta_and_queue_place():
 def test_progress_html_escapes_text():
     out = fmt.progress_html({"status": "<script>", "step": 0, "total_steps": 0})
     assert "<script>" not in out and "&lt;script&gt;" in out
-
-
-# ---------------------------------------------------------------------------- form validation
-def test_default_form_is_the_embedded_default():
-    cfg = SetupForm().to_train_config()
-    assert (cfg.backbone, cfg.dataset, cfg.method) == ("karst-vit-micro", "synth-objects", "karst")
-
-
-@pytest.mark.parametrize("changes,fragment", [
-    ({"n_kernels": 2.5}, "whole number"),
-    ({"stack_dim": None}, "empty"),
-    ({"lr": "fast"}, "number"),
-    ({"epochs": 0}, "epochs"),
-    ({"backbone": "  "}, "backbone is empty"),
-])
-def test_form_errors_are_one_line_karst_errors(changes, fragment):
-    form = SetupForm(**changes)
-    with pytest.raises(KarstError) as e:
-        form.to_train_config()
-    assert fragment in str(e.value) and "\n" not in str(e.value)
-
-
-def test_random_init_choice_reaches_the_run_and_its_label():
-    from components.runner import _method_label
-
-    assert SetupForm().to_train_config().pretrained is True
-    cfg = SetupForm(pretrained=False).to_train_config()
-    assert cfg.pretrained is False
-    assert _method_label(cfg.to_dict()) == "karst N2 m8 r8 (random init)"
-    assert _method_label(SetupForm(method="lora").to_train_config().to_dict()) == "lora r8"
-
-
-def test_numbers_from_gradio_floats_are_accepted():
-    cfg = SetupForm(n_kernels=4.0, stack_dim=4.0, rank=2.0, epochs=3.0, max_train_samples=64.0).to_train_config()
-    assert (cfg.n_kernels, cfg.stack_dim, cfg.rank, cfg.max_train_samples) == (4, 4, 2, 64)
-    assert isinstance(cfg.n_kernels, int)
-
-
-def test_dataset_spec_per_source(tmp_path):
-    assert dataset_spec("embedded", "synth-count", "", None, "") == "synth-count"
-    assert dataset_spec("folder", "", str(tmp_path), None, "") == str(tmp_path)
-    assert dataset_spec("zip", "", "", "/up/x.zip", "") == "/up/x.zip"
-    assert dataset_spec("torchvision", "", "", None, "CIFAR10") == "torchvision:CIFAR10"
-    assert dataset_spec("torchvision", "", "", None, "torchvision:CIFAR10") == "torchvision:CIFAR10"
-    with pytest.raises(DataError):
-        dataset_spec("folder", "", str(tmp_path / "missing"), None, "")
-    with pytest.raises(ConfigError):
-        dataset_spec("zip", "", "", None, "")
-
-
-def test_backbone_spec_local_file(tmp_path):
-    f = tmp_path / "w.safetensors"
-    f.write_bytes(b"x")
-    assert backbone_spec("file", "", str(f), "vit_tiny_patch16_224") == (str(f), "vit_tiny_patch16_224")
-    assert backbone_spec("catalogue", " karst-vit-micro ", "", "") == ("karst-vit-micro", None)
-    with pytest.raises(ConfigError):
-        backbone_spec("file", "", str(tmp_path / "nope.pth"), "")
-
-
-def test_open_image_accepts_paths_arrays_and_drawings(tmp_path):
-    p = tmp_path / "a.png"
-    Image.new("RGB", (10, 12), "red").save(p)
-    assert open_image(str(p)).size == (10, 12)
-    rgba = np.zeros((6, 6, 4), np.uint8)  # a transparent drawing becomes white, not black
-    assert open_image({"composite": rgba}).getpixel((0, 0)) == (255, 255, 255)
-    assert open_image(np.zeros((4, 4, 3), np.uint8)).mode == "RGB"
-
-
-def test_open_image_rejects_non_images_with_a_message(tmp_path):
-    bad = tmp_path / "notes.txt"
-    bad.write_text("hello")
-    with pytest.raises(DataError, match="not an image"):
-        open_image(str(bad))
-    with pytest.raises(DataError, match="no image"):
-        open_image(None)
 
 
 # ---------------------------------------------------------------------------- launch flags

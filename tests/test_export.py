@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_helpers import env, tiny_config, trained_run
+from helpers import env, tiny_config, trained_run
 from PIL import Image
 
-from karst.errors import ConfigError, RunError
+from karst.errors import ConfigError, DataError, RunError
 from karst.export import Predictor, export_run, load_merged, load_run, predict
 from karst.jobs import run_foreground
 
@@ -87,7 +87,7 @@ def test_predict_errors(tmp_path_factory, tmp_path: Path) -> None:
     run = trained_run(tmp_path_factory.getbasetemp())
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
-    with pytest.raises(ConfigError, match="not a readable image"):
+    with pytest.raises(DataError, match="not a readable image"):
         predict(run, [not_image])
     with pytest.raises(ConfigError, match="top_k"):
         predict(run, _images(1), top_k=0)
@@ -97,6 +97,10 @@ def test_predict_errors(tmp_path_factory, tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(RunError, match="safetensors"):
         load_merged(junk)
+    damaged = shutil.copytree(run, tmp_path / "damaged")
+    (damaged / "adapter.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(RunError, match="adapter.safetensors cannot be read"):
+        load_run(damaged)
 
 
 def test_export_a_cancelled_run_from_its_weights(tmp_path: Path) -> None:

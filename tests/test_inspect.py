@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from engine_helpers import trained_run
+from helpers import trained_run
 from safetensors.torch import load_file
 
 from karst import inspect as ki

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from engine_helpers import env, tiny_config, wait_for
+from helpers import env, tiny_config, wait_for
 
 from karst.export import Predictor, load_run
 from karst.jobs import JobManager, device_lock

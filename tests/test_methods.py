@@ -5,25 +5,17 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import TINY_MODELS, make_tiny, tiny_input
+from helpers import TINY_MODELS, make_tiny, randomise_adapters, tiny_input
 
-from karst import ConfigError, MethodConfig, build_method, check_settings
+from karst import ConfigError, KarstConfig, MethodConfig, RunError, build_method, check_settings
 from karst.methods import METHODS
-
-
-def _perturb(method, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in method.model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_merged_model_is_plain_timm_and_equal(arch, name):
-    cfg = MethodConfig(method=name, stack_dim=8, rank=4)
+    cfg = MethodConfig(name=name, adapter=KarstConfig(stack_dim=8, rank=4))
     method = build_method(make_tiny(arch), cfg)
-    _perturb(method)
+    randomise_adapters(method.model, seed=5)
     method.model.eval()
     x = tiny_input(arch)
     out = method.model(x)
@@ -41,7 +33,7 @@ def test_parameter_counts(name):
     model = make_tiny("vit")
     total = sum(p.numel() for p in model.parameters())
     head = sum(p.numel() for p in model.get_classifier().parameters())
-    method = build_method(model, MethodConfig(method=name, stack_dim=8, rank=4))
+    method = build_method(model, MethodConfig(name=name, adapter=KarstConfig(stack_dim=8, rank=4)))
     counts = method.param_count()
     trainable = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     assert counts.trainable == trainable and counts.head == head
@@ -55,7 +47,7 @@ def test_parameter_counts(name):
 
 @pytest.mark.parametrize("name", ["lora", "lokr"])
 def test_peft_adapts_the_same_layers_as_karst(name):
-    method = build_method(make_tiny("vit"), MethodConfig(method=name, rank=4))
+    method = build_method(make_tiny("vit"), MethodConfig(name=name, adapter=KarstConfig(rank=4)))
     adapted = set()
     for n, p in method.model.named_parameters():
         if p.requires_grad and "head" not in n:
@@ -67,9 +59,9 @@ def test_peft_adapts_the_same_layers_as_karst(name):
 
 @pytest.mark.parametrize("name", ["karst", "lora", "lokr", "full"])
 def test_adapter_state_round_trip(name):
-    cfg = MethodConfig(method=name, stack_dim=8, rank=4)
+    cfg = MethodConfig(name=name, adapter=KarstConfig(stack_dim=8, rank=4))
     src = build_method(make_tiny("vit"), cfg)
-    _perturb(src)
+    randomise_adapters(src.model, seed=5)
     state = src.adapter_state_dict()
     dst = build_method(make_tiny("vit"), cfg)
     dst.load_adapter_state_dict(state)
@@ -79,19 +71,22 @@ def test_adapter_state_round_trip(name):
 
 
 def test_adapter_state_refuses_other_method():
-    state = build_method(make_tiny("vit"), MethodConfig(method="lora", rank=4)).adapter_state_dict()
-    karst = build_method(make_tiny("vit"), MethodConfig(method="karst", rank=4))
-    with pytest.raises(ConfigError, match="do not fit this karst model"):
+    state = build_method(make_tiny("vit"), MethodConfig(name="lora", adapter=KarstConfig(rank=4))).adapter_state_dict()
+    karst = build_method(make_tiny("vit"), MethodConfig(name="karst", adapter=KarstConfig(rank=4)))
+    with pytest.raises(RunError, match="do not fit this karst model"):
         karst.load_adapter_state_dict(state)
 
 
 @pytest.mark.parametrize(
     "cfg,match",
     [
-        (MethodConfig(method="karst", stack_dim=5), "m=5 does not divide"),
-        (MethodConfig(method="karst", rank=40), "rank r=40"),
-        (MethodConfig(method="lora", rank=100), r"rank r=100 exceeds the smallest targeted layer dimension 64"),
-        (MethodConfig(method="lora", target_modules=("nothing",)), "match no nn.Linear"),
+        (MethodConfig(name="karst", adapter=KarstConfig(stack_dim=5)), "m=5 does not divide"),
+        (MethodConfig(name="karst", adapter=KarstConfig(rank=40)), "rank r=40"),
+        (
+            MethodConfig(name="lora", adapter=KarstConfig(rank=100)),
+            r"rank r=100 exceeds the smallest targeted layer dimension 64",
+        ),
+        (MethodConfig(name="lora", adapter=KarstConfig(target_modules=("nothing",))), "match no nn.Linear"),
     ],
 )
 def test_check_settings_errors(cfg, match):
@@ -102,6 +97,6 @@ def test_check_settings_errors(cfg, match):
 
 def test_method_config_validation():
     with pytest.raises(ConfigError, match="method='adapterX'"):
-        MethodConfig(method="adapterX")
+        MethodConfig(name="adapterX")
     with pytest.raises(ConfigError, match="lora_alpha"):
         MethodConfig(lora_alpha=0)

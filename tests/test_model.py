@@ -8,12 +8,13 @@ import warnings
 import pytest
 import timm
 import torch
-from conftest import TINY_MODELS, make_tiny, tiny_input
+from helpers import TINY_MODELS, make_tiny, randomise_adapters, tiny_input
 
 from karst import (
     ConfigError,
     KarstConfig,
     KarstLinear,
+    RunError,
     apply_karst,
     count_parameters,
     karst_layers,
@@ -23,14 +24,6 @@ from karst import (
 )
 
 CFG = KarstConfig(n_kernels=2, stack_dim=8, rank=4)
-
-
-def _randomise_adapters(model, seed=3, std=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_zero_init_equivalence(arch):
@@ -53,7 +46,7 @@ def test_targets_and_patch_embed_untouched(arch):
 
 def test_only_adapter_and_head_get_gradients(arch):
     model = apply_karst(make_tiny(arch), CFG)
-    _randomise_adapters(model)
+    randomise_adapters(model, seed=3)
     model(tiny_input(arch)).logsumexp(-1).sum().backward()
     head = {n for n, _ in model.named_parameters() if n.startswith("head")}
     for name, p in model.named_parameters():
@@ -81,10 +74,10 @@ def test_parameter_accounting(arch):
     assert counts.total == total_before + expected
 
 
-@pytest.mark.parametrize("rescale", ["channel", "scalar", "none"])
-def test_merge_is_exact_and_loads_strict_into_plain_timm(arch, rescale):
-    model = apply_karst(make_tiny(arch), KarstConfig(stack_dim=8, rank=4, rescale=rescale)).eval()
-    _randomise_adapters(model)
+@pytest.mark.parametrize("rescale,alpha", [("channel", None), ("scalar", None), ("none", None), ("channel", 8.0)])
+def test_merge_is_exact_and_loads_strict_into_plain_timm(arch, rescale, alpha):
+    model = apply_karst(make_tiny(arch), KarstConfig(stack_dim=8, rank=4, rescale=rescale, alpha=alpha)).eval()
+    randomise_adapters(model, seed=3)
     x = tiny_input(arch)
     adapted = model(x)
     merged = merge_karst(copy.deepcopy(model))
@@ -101,7 +94,7 @@ def test_merge_is_exact_and_loads_strict_into_plain_timm(arch, rescale):
 
 def test_save_load_round_trip(arch, tmp_path):
     model = apply_karst(make_tiny(arch), CFG).eval()
-    _randomise_adapters(model)
+    randomise_adapters(model, seed=3)
     path = save_adapter(model, tmp_path / "adapter.safetensors")
     fresh = make_tiny(arch).eval()  # same seed: same frozen weights
     load_adapter(fresh, path)
@@ -115,14 +108,14 @@ def test_load_adapter_refuses_wrong_model(tmp_path):
     path = save_adapter(model, tmp_path / "a.safetensors")
     other = apply_karst(make_tiny("vit", num_classes=7), CFG)
     before = copy.deepcopy(other.state_dict())
-    with pytest.raises(ConfigError, match=r"adapter tensor head\.bias has shape \(5,\), the model expects \(7,\)"):
+    with pytest.raises(RunError, match=r"adapter tensor head\.bias has shape \(5,\), the model expects \(7,\)"):
         load_adapter(other, path)
     # All-or-nothing: the shapes are checked before any tensor is copied.
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
-    with pytest.raises(ConfigError, match="not a readable safetensors"):
+    with pytest.raises(RunError, match="not a readable safetensors"):
         load_adapter(make_tiny("vit"), tmp_path / "junk.safetensors")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         load_adapter(make_tiny("vit"), tmp_path / "missing.safetensors")
 
 
@@ -157,10 +150,8 @@ def test_apply_twice_is_refused():
 
 def test_family_reading_weight_directly_is_refused():
     # timm's BEiT builds qkv with F.linear(x, self.qkv.weight, ...): an adapter there would never run.
-    model = timm.create_model(
-        "beit_base_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8, depth=1,
-        embed_dim=64, num_heads=2,
-    )
+    sizes = {**TINY_MODELS["vit"][1], "depth": 1}  # the tiny ViT's sizes, one block
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=3, **sizes)
     with pytest.raises(ConfigError, match=r"reads blocks\.0\.attn\.qkv\.weight directly.*remove 'qkv'"):
         apply_karst(model, CFG)
     apply_karst(model, KarstConfig(stack_dim=8, rank=4, target_modules=("proj", "fc1", "fc2")))
@@ -168,21 +159,16 @@ def test_family_reading_weight_directly_is_refused():
 
 
 def test_bias_free_layer_merges_only_without_shift():
-    model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8, depth=1,
-        embed_dim=64, num_heads=2, qkv_bias=False,
-    )
+    model = make_tiny("vit", num_classes=3, depth=1, qkv_bias=False)
     with pytest.warns(UserWarning, match="no bias"):
         apply_karst(model, CFG)
-    _randomise_adapters(model)
+    randomise_adapters(model, seed=3)
     with pytest.raises(ConfigError, match=r"blocks\.0\.attn\.qkv: .*no bias in the plain architecture"):
         merge_karst(copy.deepcopy(model))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model2 = apply_karst(
-            timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
-                              depth=1, embed_dim=64, num_heads=2, qkv_bias=False),
-            KarstConfig(stack_dim=8, rank=4, rescale="none"),
+            make_tiny("vit", num_classes=3, depth=1, qkv_bias=False), KarstConfig(stack_dim=8, rank=4, rescale="none")
         )
     merged = merge_karst(model2)
     assert "blocks.0.attn.qkv.bias" not in merged.state_dict()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
+from helpers import load_script
 from safetensors.torch import load_file
 
 from karst.backbones import load_backbone

@@ -35,7 +35,7 @@ def _create_many(root: str, n: int, queue: mp.Queue) -> None:
 
 def test_create_writes_a_queued_run(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "runs")
-    config = TrainConfig(epochs=3, rank=4)
+    config = TrainConfig.from_dict({"epochs": 3, "method": {"adapter": {"rank": 4}}})
     run_id = store.create(config)
     assert ID_RE.match(run_id)
     assert store.read_config(run_id) == config

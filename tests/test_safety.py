@@ -400,5 +400,5 @@ def test_predict_refuses_a_pixel_bomb_through_the_same_decoder(pixel_bomb):
     predictor = Predictor(torch.nn.Linear(48, 2), to_tensor, ["a", "b"])
     (top,) = predictor.predict([np.zeros((8, 8, 4), np.uint8)], top_k=2)  # an array, as from the app
     assert sorted(c for c, _ in top) == ["a", "b"] and abs(sum(p for _, p in top) - 1) < 1e-5
-    with pytest.raises(ConfigError, match="'big.png' is 12000×12000 pixels"):
+    with pytest.raises(DataError, match="'big.png' is 12000×12000 pixels"):
         predictor.predict([pixel_bomb])

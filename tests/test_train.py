@@ -1,20 +1,16 @@
-"""The trainer: reproducibility, the run folder it records, divergence, cancel, feature statistics."""
+"""The trainer: reproducibility, the run folder it records, divergence, cancel, other methods."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from engine_helpers import tiny_config, trained_run
+from helpers import tiny_config, trained_run
 from safetensors import safe_open
 
-from karst.config import KarstConfig
-from karst.model import apply_karst, karst_layers
 from karst.runs import RunStore, decode_array, read_jsonl
-from karst.train import Callback, feature_stats, train
+from karst.train import Callback, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,42 +159,22 @@ def test_bad_settings_fail_the_run_with_the_error(tmp_path: Path) -> None:
     assert status["status"] == "failed" and "m=5" in status["message"]
 
 
-def test_feature_stats_match_forward_parts() -> None:
-    import timm
-    from engine_helpers import TINY_ARCH
+def test_a_bug_fails_the_run_and_says_where_its_traceback_is(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    config = tiny_config(tmp_path, epochs=1, warmup_epochs=0)
+    run_id, lock = store.create_claimed(config)
 
-    torch.manual_seed(0)
-    model = timm.create_model(TINY_ARCH["model_name"], num_classes=3, **TINY_ARCH["kwargs"])
-    apply_karst(model, KarstConfig(rank=2))
-    layers = karst_layers(model)
-    with torch.no_grad():
-        for layer in layers.values():  # move away from the zero init so the three outputs differ
-            layer.B.normal_(0, 0.5)
-            layer.s1.normal_(0, 0.5)
-            layer.s2.normal_(0, 0.5)
-    probe = torch.randn(10, 3, 32, 32)  # 10 images x 17 tokens
-    stats = feature_stats(model, probe, torch.device("cpu"), chunk=4)
-    strided = feature_stats(model, probe, torch.device("cpu"), chunk=10, max_tokens=50)  # every 4th token
-    assert set(stats) == set(layers)
-    # Reference: catch fc1's input in one forward pass and compute the statistics directly.
-    caught = {}
-    def catch(module, inputs, output) -> None:  # returns None: the output is left alone
-        caught["x"] = inputs[0]
+    class Buggy(Callback):
+        def on_step(self, record, progress):
+            raise ZeroDivisionError("a bug")
 
-    handle = layers["blocks.1.mlp.fc1"].register_forward_hook(catch)
-    model.eval()
-    with torch.no_grad():
-        model(probe)
-        parts = layers["blocks.1.mlp.fc1"].forward_parts(caught["x"])
-    handle.remove()
-    for key, t in zip(("base", "pre", "out"), parts):
-        for got, flat in ((stats, t.reshape(-1, t.shape[-1])), (strided, t.reshape(-1, t.shape[-1])[::4])):
-            flat = flat.double()
-            np.testing.assert_allclose(got["blocks.1.mlp.fc1"][f"{key}_mean"], flat.mean(0).numpy(), rtol=1e-4,
-                                       atol=1e-5)
-            np.testing.assert_allclose(got["blocks.1.mlp.fc1"][f"{key}_std"], flat.std(0, correction=0).numpy(),
-                                       rtol=1e-4, atol=1e-5)
-    assert not np.allclose(stats["blocks.1.mlp.fc1"]["pre_mean"], stats["blocks.1.mlp.fc1"]["out_mean"])
+    with pytest.raises(ZeroDivisionError):
+        train(config, store.path(run_id), callbacks=[Buggy()])
+    lock.release()
+    log = store.path(run_id) / "error.log"
+    status = store.read_status(run_id)
+    assert status["status"] == "failed" and "ZeroDivisionError" in status["message"] and str(log) in status["message"]
+    assert "Traceback" in log.read_text() and "on_step" in log.read_text()
 
 
 @pytest.mark.parametrize("method", ["lora", "probe"])

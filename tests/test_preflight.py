@@ -1,0 +1,62 @@
+"""The Setup form's settings (karst.preflight): defaults, one-line errors, Gradio's numbers, sources."""
+
+from __future__ import annotations
+
+import pytest
+
+from karst.config import DEFAULT_LR
+from karst.errors import BackboneError, ConfigError, DataError, KarstError
+from karst.preflight import SetupForm, backbone_spec, dataset_spec
+
+
+def test_default_form_is_the_embedded_default():
+    cfg = SetupForm().to_train_config()
+    assert (cfg.backbone, cfg.dataset, cfg.method.name) == ("karst-vit-micro", "synth-objects", "karst")
+
+
+def test_setup_form_empty_learning_rate_means_the_method_default():
+    assert SetupForm(method="lora", lr=None).to_train_config().lr == DEFAULT_LR["lora"]
+    assert SetupForm(method="lora", lr="").to_train_config().lr == DEFAULT_LR["lora"]
+    assert SetupForm(method="lora", lr=0.02).to_train_config().lr == 0.02
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"n_kernels": 2.5}, "whole number"),
+    ({"stack_dim": None}, "empty"),
+    ({"lr": "fast"}, "number"),
+    ({"epochs": 0}, "epochs"),
+    ({"backbone": "  "}, "backbone is empty"),
+])
+def test_form_errors_are_one_line_karst_errors(changes, fragment):
+    form = SetupForm(**changes)
+    with pytest.raises(KarstError) as e:
+        form.to_train_config()
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numbers_from_gradio_floats_are_accepted():
+    cfg = SetupForm(n_kernels=4.0, stack_dim=4.0, rank=2.0, epochs=3.0, max_train_samples=64.0).to_train_config()
+    adapter = cfg.method.adapter
+    assert (adapter.n_kernels, adapter.stack_dim, adapter.rank, cfg.max_train_samples) == (4, 4, 2, 64)
+    assert isinstance(adapter.n_kernels, int)
+
+
+def test_dataset_spec_per_source(tmp_path):
+    assert dataset_spec("embedded", "synth-count", "", None, "") == "synth-count"
+    assert dataset_spec("folder", "", str(tmp_path), None, "") == str(tmp_path)
+    assert dataset_spec("zip", "", "", "/up/x.zip", "") == "/up/x.zip"
+    assert dataset_spec("torchvision", "", "", None, "CIFAR10") == "torchvision:CIFAR10"
+    assert dataset_spec("torchvision", "", "", None, "torchvision:CIFAR10") == "torchvision:CIFAR10"
+    with pytest.raises(DataError):
+        dataset_spec("folder", "", str(tmp_path / "missing"), None, "")
+    with pytest.raises(ConfigError):
+        dataset_spec("zip", "", "", None, "")
+
+
+def test_backbone_spec_local_file(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    assert backbone_spec("file", "", str(f), "vit_tiny_patch16_224") == (str(f), "vit_tiny_patch16_224")
+    assert backbone_spec("catalogue", " karst-vit-micro ", "", "") == ("karst-vit-micro", None)
+    with pytest.raises(BackboneError, match="does not exist"):
+        backbone_spec("file", "", str(tmp_path / "nope.pth"), "")
