@@ -54,9 +54,10 @@ from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .backbones import list_backbones, load_backbone
-from .config import FieldSpec, MethodConfig, Settings, field_specs, setting
+from .config import MethodConfig, Settings, field_specs, setting
 from .device import autocast, resolve_device
 from .errors import ConfigError, KarstError
+from .flags import add_setting_flags, flag_values
 from .methods import build_method
 from .model import head_parameter_names
 
@@ -563,28 +564,9 @@ def _environment() -> str:
     )
 
 
-def _split(values: Sequence[str]) -> list[str]:
-    return [v for item in values for v in item.split(",") if v]
-
-
-def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
-    """The ``karst bench`` flag of one BenchConfig field: a switch for a bool, else one value (a list: several)."""
-    if spec.kind == "bool":  # the flag switches away from the default (--no-memory)
-        parser.add_argument(spec.flag, dest=spec.name, action="store_const", const=not spec.default,
-                            default=spec.default, help=("skip " if spec.default else "") + spec.help)
-    elif spec.kind == "list":  # space- or comma-separated
-        parser.add_argument(spec.flag, dest=spec.name, nargs="+", default=list(spec.default), help=spec.help)
-    else:
-        shown = "" if spec.default is None else f" (default {spec.default})"
-        parser.add_argument(spec.flag, dest=spec.name, type=int if spec.kind == "int" else str, choices=spec.choices,
-                            default=spec.default, help=spec.help + shown)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="karst bench", description=__doc__.split("\n\n")[0])
-    for spec in field_specs(BenchConfig):
-        if spec.flag is not None:
-            _add_flag(parser, spec)
+    add_setting_flags(parser, field_specs(BenchConfig), defaults=True)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-' for stdout)")
     parser.add_argument("--out", metavar="FILE.md", help="also write the table (with environment) to a file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -592,8 +574,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
-    values = {s.name: getattr(args, s.name) for s in field_specs(BenchConfig) if s.flag is not None}
-    return BenchConfig(**{k: _split(v) if isinstance(v, list) else v for k, v in values.items()})
+    return BenchConfig(**flag_values(args, field_specs(BenchConfig)))
 
 
 def _write_files(args: argparse.Namespace, command: str, rows: list[dict[str, Any]]) -> None:

@@ -8,7 +8,6 @@ that ends other than ``completed`` exits with 1.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -19,9 +18,10 @@ from typing import Any
 from tqdm import tqdm
 
 from .callbacks import Callback, Progress
-from .config import FieldSpec, TrainConfig, config_from_values, field_specs, parse_value
+from .config import TrainConfig, config_from_values, field_specs
 from .data import list_datasets
 from .errors import ConfigError, KarstError
+from .flags import add_setting_flags, flag_values
 from .jobs import run_foreground, run_worker
 from .runs import RunStore
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("train", help="fine-tune (defaults: the embedded backbone and task)")
-    _add_setting_flags(p)
+    add_setting_flags(p, field_specs())
     p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields (as in a run's config.json); "
                    "flags override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
@@ -83,29 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag_value(spec: FieldSpec, raw: str) -> Any:
-    try:
-        return parse_value(spec, raw)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per setting that declares one (karst.config); the rest come from --config / --set."""
-    for spec in field_specs():
-        if spec.flag is None:
-            continue
-        if spec.kind == "bool":  # the flag switches away from the default
-            p.add_argument(spec.flag, dest=spec.path, action="store_const", const=not spec.default, default=None,
-                           help=spec.help)
-            continue
-        default = ",".join(spec.default) if spec.kind == "list" else spec.default
-        shown = "" if default is None else f" (default {default})"
-        metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.name.upper()
-        p.add_argument(spec.flag, dest=spec.path, type=functools.partial(_flag_value, spec), default=None,
-                       metavar=metavar, help=spec.help + shown)
-
-
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -122,8 +99,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     base = _read_config_file(args.config) if args.config is not None else {}
-    values = {spec.path: getattr(args, spec.path) for spec in field_specs()
-              if spec.flag is not None and getattr(args, spec.path) is not None}
+    values = flag_values(args, field_specs())
     for item in args.overrides:
         path, sep, raw = item.partition("=")
         if not sep:
