@@ -89,6 +89,16 @@ class Backbone:
     card: dict | None = None
     notes: list[str] = field(default_factory=list)
 
+    def use_preprocess(self, preprocess: str) -> None:
+        """Switch to the paper's preprocessing (``"paper"``) or keep the backbone's own (``"timm"``).
+
+        The paper's (the authors' data/vtab.py): squash-resize to the input size with bicubic
+        interpolation, no crop, mean = std = 0.5. Stored in ``data_config``, so an export records it.
+        """
+        if preprocess == "paper":
+            self.data_config = {**self.data_config, "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
+                                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "squash"}
+
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> normalised tensor, with the backbone's preprocessing.
 

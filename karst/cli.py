@@ -23,6 +23,7 @@ from .data import list_datasets
 from .errors import ConfigError, KarstError
 from .flags import add_setting_flags, flag_values
 from .jobs import run_foreground, run_worker
+from .recipes import RECIPES, apply_recipe
 from .runs import RunStore
 
 __all__ = ["main", "build_parser"]
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(p, field_specs())
     p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields (as in a run's config.json); "
                    "flags override it")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a named set of settings under the config file and "
+                   "flags: 'paper' = the paper's VTAB-1K recipe (sources in karst/recipes.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="any setting by its path, e.g. --set method.adapter.init_std_C=0.5 (repeatable)")
     p.add_argument("--runs-dir", default=_default_runs_dir())
@@ -99,6 +102,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     base = _read_config_file(args.config) if args.config is not None else {}
+    if args.recipe:
+        base = apply_recipe(args.recipe, base)
     values = flag_values(args, field_specs())
     for item in args.overrides:
         path, sep, raw = item.partition("=")
@@ -135,9 +140,10 @@ class _ProgressBar(Callback):
             self.bar.update(1)
 
     def on_epoch(self, record: dict[str, Any], progress: Progress) -> None:
-        val = record["val_acc"]
+        evals = [f"{split} acc {record[f'{split}_acc']:.3f}" for split in ("val", "test")
+                 if record.get(f"{split}_acc") is not None]
         self._write(f"epoch {record['epoch']}/{progress.epochs}: train loss {record['train_loss']:.4f} "
-                    f"acc {record['train_acc']:.3f}, val acc {val if val is None else f'{val:.3f}'} "
+                    f"acc {record['train_acc']:.3f}, {', '.join(evals) or 'not evaluated'} "
                     f"({record['elapsed_s']:.1f}s)")
 
     def on_end(self, summary: dict[str, Any], result: Any) -> None:

@@ -31,6 +31,8 @@ __all__ = [
     "Rescale",
     "MethodName",
     "DeviceName",
+    "Init",
+    "Preprocess",
     "FieldSpec",
     "Settings",
     "KarstConfig",
@@ -51,6 +53,8 @@ __all__ = [
 Rescale = Literal["channel", "scalar", "none"]
 MethodName = Literal["karst", "lora", "lokr", "full", "probe"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+Init = Literal["unit-gain", "kaiming"]
+Preprocess = Literal["timm", "paper"]
 METHODS: tuple[str, ...] = get_args(MethodName)
 
 # The four linear layers of a ViT/Swin block: attention in/out and the two MLP layers.
@@ -305,6 +309,8 @@ class KarstConfig(Settings):
     target_modules: tuple[str, ...] = setting(DEFAULT_TARGETS, "layer-name suffixes to adapt (the same layers "
                                               "for KARST, LoRA and LoKr)", label="Target layers",
                                               flag="--targets", minimum=1)
+    init: Init = setting("unit-gain", "initialisation of C_i and A_i: unit-gain Gaussians (ours, see KarstLinear), "
+                         "or Kaiming-uniform as the authors' code does", label="Init", flag="--init")
     init_std_C: float = setting(1.0, "scale of C_i's Gaussian init relative to the unit-gain std 1/√m", above=0)
     init_std_A: float | None = setting(None, "std of A_i's Gaussian init; empty: the unit-gain √(m/(N·d_out))",
                                        above=0)
@@ -356,7 +362,15 @@ class TrainConfig(Settings):
                            label="Embedded task", flag="--dataset")
     method: MethodConfig = setting(help="the method and its adapter", factory=MethodConfig)
     # 6 epochs of 800 images = 150 steps: the default KARST run fits in about a minute on 2 CPU cores.
+    preprocess: Preprocess = setting("timm", "image preprocessing: the backbone's own (timm's resize and crop), or "
+                                     "the paper's (squash-resize to the input size, bicubic, mean = std = 0.5)",
+                                     flag="--preprocess")
+    train_on_val: bool = setting(False, "train on train + val and evaluate on test (the VTAB-1K final protocol, "
+                                 "train800val200); the periodic evaluations then use the test set",
+                                 flag="--train-on-val")
     epochs: int = setting(6, "training epochs", label="Epochs", flag="--epochs", minimum=1)
+    eval_every: int = setting(1, "evaluate (and snapshot) every this many epochs, and after the last",
+                              flag="--eval-every", minimum=1)
     batch_size: int = setting(32, "images per step", label="Batch size", flag="--batch-size", minimum=1)
     lr: float | None = setting(None, f"peak AdamW learning rate; empty: the method's default ({default_lr_text()})",
                                label="Learning rate", flag="--lr", above=0)

@@ -176,6 +176,7 @@ def load_run(run: str | Path, runs_dir: str | Path | None = None, device: str = 
     # gets the very W0 the adapter was trained on.
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone, num_classes=1, pretrained=config.pretrained, arch=config.backbone_arch)
+    backbone.use_preprocess(config.preprocess)
     backbone.model.reset_classifier(len(class_names))
     method = build_method(backbone.model, config.method)
     params = dict(method.model.named_parameters())

@@ -88,13 +88,22 @@ class KarstLinear(nn.Module):
         matrix that preserves norms on average) and entries of A_i have variance m/(N·d_out)
         (d_out/m rows per block, N kernels summed). ``init_std_C`` scales the first choice and
         ``init_std_A`` overrides the second.
+
+        ``init="kaiming"`` is the authors' choice instead (their modules/kronecker_adaption.py):
+        Kaiming-uniform (a = √5, as ``nn.Linear``) for each C_i and each A_i, fan-in being their
+        second dimension (m for C_i, r for A_i), so the recipes can be compared by measurement.
         """
         cfg = self.config
-        std_c = cfg.init_std_C / math.sqrt(self.stack_dim)
-        std_a = cfg.init_std_A or math.sqrt(self.stack_dim / (self.n_kernels * self.out_features))
         with torch.no_grad():
-            self.C.normal_(0.0, std_c)
-            self.A.normal_(0.0, std_a)
+            if cfg.init == "kaiming":
+                for i in range(self.n_kernels):
+                    nn.init.kaiming_uniform_(self.C[i], a=math.sqrt(5))
+                    nn.init.kaiming_uniform_(self.A[i], a=math.sqrt(5))
+            else:
+                std_c = cfg.init_std_C / math.sqrt(self.stack_dim)
+                std_a = cfg.init_std_A or math.sqrt(self.stack_dim / (self.n_kernels * self.out_features))
+                self.C.normal_(0.0, std_c)
+                self.A.normal_(0.0, std_a)
             self.B.zero_()
             if self.s1 is not None:
                 self.s1.zero_()

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .backbones import load_backbone
 from .callbacks import Callback, Progress, TrainResult
@@ -187,6 +187,7 @@ class Trainer:
         backbone = load_backbone(config.backbone, num_classes=1, pretrained=config.pretrained,
                                  arch=config.backbone_arch, drop_path_rate=config.drop_path)
         self.emit("on_phase", f"loading dataset {config.dataset}")
+        backbone.use_preprocess(config.preprocess)
         bundle = load_dataset(config.dataset, transform=backbone.transform(), seed=config.seed)
         seed_everything(config.seed)
         backbone.model.reset_classifier(len(bundle.class_names))
@@ -200,7 +201,9 @@ class Trainer:
 
     def _loaders(self, bundle: Any) -> None:
         config = self.config
-        self.train_set = _subset(bundle.train, config.max_train_samples, config.seed)
+        # The VTAB-1K final protocol trains on train800val200 and evaluates on test as it goes.
+        train = ConcatDataset([bundle.train, bundle.val]) if config.train_on_val else bundle.train
+        self.train_set = _subset(train, config.max_train_samples, config.seed)
         if len(self.train_set) == 0:
             raise DataError(f"dataset {config.dataset!r} has no training images; check the path or split files.")
         pin = self.device.type == "cuda"
@@ -208,8 +211,9 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(config.seed),
                                  num_workers=config.num_workers, pin_memory=pin)
         eval_kw = {"batch_size": max(config.batch_size, 64), "num_workers": config.num_workers, "pin_memory": pin}
-        self.val_loader = DataLoader(bundle.val, **eval_kw)
         self.test_loader = DataLoader(bundle.test, **eval_kw)
+        self.eval_split = "test" if config.train_on_val else "val"
+        self.eval_loader = self.test_loader if config.train_on_val else DataLoader(bundle.val, **eval_kw)
         self.probe = _probe_batch(bundle, config.probe_size)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -285,17 +289,23 @@ class Trainer:
             t_step = time.perf_counter()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with an evaluation and a snapshot."""
+        return (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
+
     def _validate(self, epoch: int, train_loss: float, train_acc: float) -> None:
-        val_loss, val_acc = _evaluate(self.model, self.val_loader, self.device)
-        best = self.summary["best_val_acc"]
-        best = val_acc if best is None or val_acc > best else best
-        self.summary.update(epochs_done=epoch + 1, val_acc=_finite_or_none(val_acc), best_val_acc=_finite_or_none(best))
+        record = {"type": "epoch", "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                  "val_loss": None, "val_acc": None}
+        self.summary["epochs_done"] = epoch + 1
+        if self._evaluates(epoch):
+            loss, acc = (_finite_or_none(v) for v in _evaluate(self.model, self.eval_loader, self.device))
+            split = self.eval_split  # "val", or "test" under train_on_val (best then chosen on the test set)
+            best = self.summary.get(f"best_{split}_acc")
+            best = acc if best is None or (acc is not None and acc > best) else best
+            record.update({f"{split}_loss": loss, f"{split}_acc": acc})
+            self.summary.update({f"best_{split}_acc": best, **({"val_acc": acc} if split == "val" else {})})
         progress = self._progress(epoch + 1)
-        self.emit("on_epoch", {
-            "type": "epoch", "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": _finite_or_none(val_loss), "val_acc": _finite_or_none(val_acc),
-            "elapsed_s": round(progress.elapsed_s, 3), "t": time.time(),
-        }, progress)
+        self.emit("on_epoch", {**record, "elapsed_s": round(progress.elapsed_s, 3), "t": time.time()}, progress)
 
     def fit(self) -> None:
         """Train every epoch (validate and snapshot after each); raises ``_Stop`` when stopped."""
@@ -305,7 +315,8 @@ class Trainer:
         for epoch in range(self.config.epochs):
             train_loss, train_acc = self._train_epoch(epoch)
             self._validate(epoch, train_loss, train_acc)
-            self.snapshots.take(epoch + 1)
+            if self._evaluates(epoch):
+                self.snapshots.take(epoch + 1)
 
     def test(self) -> None:
         if self.cancel_check():  # a Stop pressed during the last validation is honoured

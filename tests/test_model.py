@@ -74,9 +74,12 @@ def test_parameter_accounting(arch):
     assert counts.total == total_before + expected
 
 
-@pytest.mark.parametrize("rescale,alpha", [("channel", None), ("scalar", None), ("none", None), ("channel", 8.0)])
-def test_merge_is_exact_and_loads_strict_into_plain_timm(arch, rescale, alpha):
-    model = apply_karst(make_tiny(arch), KarstConfig(stack_dim=8, rank=4, rescale=rescale, alpha=alpha)).eval()
+@pytest.mark.parametrize("rescale,alpha,init", [("channel", None, "unit-gain"), ("scalar", None, "unit-gain"),
+                                                ("none", None, "unit-gain"), ("channel", 8.0, "kaiming")])
+def test_merge_is_exact_and_loads_strict_into_plain_timm(arch, rescale, alpha, init):
+    # The last case is the paper recipe's adapter: ΔW scaled by α/r, Kaiming-uniform C and A.
+    config = KarstConfig(stack_dim=8, rank=4, rescale=rescale, alpha=alpha, init=init)
+    model = apply_karst(make_tiny(arch), config).eval()
     randomise_adapters(model, seed=3)
     x = tiny_input(arch)
     adapted = model(x)
