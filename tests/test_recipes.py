@@ -11,8 +11,8 @@ from helpers import tiny_backbone, tiny_config
 from PIL import Image
 
 from karst.backbones import load_backbone
-from karst.cli import build_parser
 from karst.cli import _train_config as cli_config
+from karst.cli import build_parser
 from karst.config import TrainConfig
 from karst.errors import ConfigError
 from karst.recipes import RECIPE_SOURCES, RECIPES, apply_recipe
