@@ -145,6 +145,18 @@ def test_fused_path_with_frozen_scale():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+def _assert_fused_equals_autograd(layer, x: torch.Tensor, recompute: bool) -> None:
+    """The fused function gives autograd's output and gradients (float64, tight tolerances)."""
+    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
+    base = layer.base
+    out = KronRescaleFunction.apply(x, base.weight, base.bias, *params, recompute)
+    expected = layer._forward_autograd(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(expected, [x, *params], g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "m,r,lead,s",
     [
@@ -165,14 +177,7 @@ def test_fused_mixing_groups_equal_autograd(m, r, lead, s, recompute):
     assert _mix_group(m, r * t) == s
     layer = perturbed_layer(stack_dim=m, rank=r)
     x = torch.randn(*lead, 32, dtype=torch.float64, requires_grad=True)
-    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
-    base = layer.base
-    out = KronRescaleFunction.apply(x, base.weight, base.bias, *params, recompute)
-    expected = layer._forward_autograd(x)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
-    g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(expected, [x, *params], g)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    _assert_fused_equals_autograd(layer, x, recompute)
 
 
 @pytest.mark.parametrize("order_min", [1, 10**9])
@@ -183,14 +188,7 @@ def test_fused_gemm_order_equals_autograd(monkeypatch, order_min, recompute):
     monkeypatch.setattr("karst._kron._T_ORDER_MIN", order_min)
     layer = perturbed_layer()
     x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
-    params = [layer.C, layer.A, layer.B, layer.s1, layer.s2]
-    base = layer.base
-    out = KronRescaleFunction.apply(x, base.weight, base.bias, *params, recompute)
-    expected = layer._forward_autograd(x)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
-    g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, [x, *params], g), torch.autograd.grad(expected, [x, *params], g)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    _assert_fused_equals_autograd(layer, x, recompute)
 
 
 def test_kron_helpers_agree():
