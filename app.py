@@ -1,11 +1,13 @@
-"""KARST Studio web app: ``python app.py [--host H] [--port P] [--runs-dir D] [--auth user:pw] [--share]``.
+"""KARST Studio web app: ``python app.py [--host H] [--port P] [--runs-dir D] [--data-root DIR] [--auth user:pw]``.
 
 A thin Gradio client of the ``karst`` engine. Training happens in the engine's worker process, never
 inside a UI event; the page polls the run folders, so refreshing, opening a second tab or losing the
 connection loses nothing.
 
 Safe defaults: binds 127.0.0.1, no share link, an upload size limit, uploads kept in a private
-temporary folder, only the runs directory and that folder served, Gradio's run history off.
+temporary folder (removed at exit, SIGTERM included), only that folder served (downloads are copied
+into it), no server path accepted outside the ``--data-root`` folders (none by default), wrong
+passwords answered slowly, Gradio's run history off.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import atexit
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,13 @@ __all__ = ["AppOptions", "parse_args", "parse_auth", "build_demo", "launch", "ma
 CSS = """
 .karst-progress-text { font-size: 0.9em; color: var(--body-text-color-subdued); }
 #settings-check { min-height: 2.5em; }
+#run-details-table td:first-child { min-width: 7.5em; word-break: normal; overflow-wrap: normal; }
+@media (min-width: 640px) { #run-details-table td:first-child { white-space: nowrap; } }
+.karst-error { color: #b31b1b; }
+.karst-warn { color: #8a5300; }
+.karst-field-error input, .karst-field-error textarea { border-color: #d62728 !important;
+  box-shadow: 0 0 0 1px #d62728 !important; }
+.karst-field-error [data-testid="block-info"], .karst-field-error .info { color: #b31b1b !important; }
 """
 
 
@@ -37,6 +48,8 @@ class AppOptions:
     max_file_size: str = "500mb"
     start_worker: bool = True
     check: bool = False
+    data_roots: tuple[Path, ...] = ()  # folders server paths may be under; none by default
+    ray: str | None = None  # --ray: send launches to a Ray cluster ("" = $RAY_ADDRESS or auto)
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -59,11 +72,18 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
                    help="require this login")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--max-file-size", default="500mb", help="largest upload accepted (default 500mb)")
+    p.add_argument("--data-root", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder whose dataset folders and weight files users may train on (repeatable); "
+                   "without one, no server path is accepted")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="send launches to a Ray cluster: HOST:PORT, ray://HOST:PORT, 'local' (127.0.0.1 only) or "
+                   "nothing ($RAY_ADDRESS); the run folders stay here (pip install -r requirements-ray.txt)")
     p.add_argument("--check", action="store_true",
                    help="build the whole app (catalogues, panels, events) and exit without serving")
     a = p.parse_args(argv)
     return AppOptions(host=a.host, port=a.port, runs_dir=a.runs_dir, auth=a.auth, share=a.share,
-                      max_file_size=a.max_file_size, start_worker=not a.check, check=a.check)
+                      max_file_size=a.max_file_size, start_worker=not a.check, check=a.check,
+                      data_roots=tuple(a.data_root), ray=a.ray)
 
 
 def private_upload_dir() -> Path:
@@ -73,7 +93,7 @@ def private_upload_dir() -> Path:
     shared /tmp/gradio and from other users of the machine.
     """
     folder = Path(tempfile.mkdtemp(prefix="karst-uploads-")).resolve()
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # runs on SIGTERM/SIGHUP too: see main()
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     return folder
 
@@ -82,7 +102,7 @@ def build_demo(runner):
     """Build the Blocks: header (run picker) above six tabs, each from its panel module."""
     import gradio as gr
 
-    from components import alignment, compare, header, kernels, predict, setup, texts, watch
+    from components import alignment, compare, header, kernels, predict, setup, sweeps, texts, watch
 
     with gr.Blocks(title="KARST Studio") as demo:
         gr.Markdown(texts.TITLE)
@@ -98,6 +118,7 @@ def build_demo(runner):
                 alignment_panel = alignment.build()
             with gr.Tab("5 · Compare", id="compare", elem_id="tab-compare") as t_compare:
                 compare_panel = compare.build()
+                sweeps_panel = sweeps.build()
             with gr.Tab("6 · Download & predict", id=predict.TAB_ID, elem_id="tab-predict") as t_predict:
                 predict_panel = predict.build()
 
@@ -112,6 +133,7 @@ def build_demo(runner):
         kernels.bind(kernels_panel, runner, head.run, t_kernels, head.tab)
         alignment.bind(alignment_panel, runner, head.run, t_align, head.tab)
         compare.bind(compare_panel, runner, t_compare)
+        sweeps.bind(sweeps_panel, runner, t_compare)
         predict.bind(predict_panel, runner, head.run, t_predict, head.tab)
     return demo
 
@@ -125,19 +147,24 @@ def launch(options: AppOptions, *, prevent_thread_lock: bool = False):
     upload_dir = private_upload_dir()  # before gradio builds anything: it reads GRADIO_TEMP_DIR
     import gradio as gr
 
+    from components.login import LoginThrottle
     from components.runner import Runner
 
     runs_dir = options.runs_dir.resolve()
-    runner = Runner(runs_dir, upload_dir, start_worker=options.start_worker)
+    runner = Runner(runs_dir, upload_dir, start_worker=options.start_worker,
+                    data_roots=[root.resolve() for root in options.data_roots], ray=options.ray)
+    atexit.register(runner.close)  # detach: the worker may then idle-exit once nothing is queued
     demo = build_demo(runner)
     demo.queue(default_concurrency_limit=2)
     _, local_url, _ = demo.launch(
         server_name=options.host,
         server_port=options.port,
-        auth=options.auth,
+        auth=LoginThrottle(*options.auth).check if options.auth else None,
         share=options.share,
         max_file_size=options.max_file_size,
-        allowed_paths=[str(runs_dir), str(upload_dir)],
+        # Only the upload folder, where downloads are copied too: never the runs directory (its
+        # logs and configs name server paths) nor the data roots.
+        allowed_paths=[str(upload_dir)],
         run_history=False,
         show_error=False,
         footer_links=["api", "settings"],
@@ -166,7 +193,24 @@ def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
     if options.check:
         raise SystemExit(check(options))
-    launch(options)
+    _stop_on_signals()
+    from karst.errors import KarstError  # local: karst imports torch; `app.py --help` needs none of it
+
+    try:
+        launch(options)
+    except KarstError as e:  # e.g. an unreachable --ray cluster: one line, before anything is served
+        print(f"app.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the app as Ctrl-C does, so exit handlers run (the private upload
+    folder is removed); by default they would end the process on the spot."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 if __name__ == "__main__":

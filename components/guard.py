@@ -9,7 +9,6 @@ short message saying so and where to look.
 from __future__ import annotations
 
 import functools
-import html
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import gradio as gr
 
 from karst.errors import KarstError
 
-__all__ = ["guarded", "report", "user_message"]
+__all__ = ["guarded", "plain", "report", "user_message"]
 
 log = logging.getLogger("karst.app")
 SLOW_S = 2.0
@@ -28,6 +27,16 @@ SLOW_S = 2.0
 def _name(fn: Callable[..., Any]) -> str:
     inner = getattr(fn, "func", fn)  # functools.partial
     return getattr(inner, "__qualname__", repr(inner))
+
+
+def plain(message: str) -> str:
+    """``message`` safe to show as a ``gr.Error``, readable in the browser and in gradio_client alike.
+
+    The browser renders an error as (sanitised) HTML and a client gets the raw string, so HTML
+    escaping would show ``&#x27;`` to every API user. Messages may quote user input (file names),
+    so the two characters that make markup become look-alikes instead: no tag can form.
+    """
+    return message.replace("<", "‹").replace(">", "›")
 
 
 def user_message(err: BaseException) -> str:
@@ -56,8 +65,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except gr.Error:
             raise
         except Exception as err:
-            # gr.Error renders HTML; messages may quote user input such as file names.
-            raise gr.Error(html.escape(report(err, f"handler {_name(fn)}")), print_exception=False) from None
+            raise gr.Error(plain(report(err, f"handler {_name(fn)}")), print_exception=False) from None
         finally:
             took = time.perf_counter() - start
             if took > SLOW_S:  # a slow view makes the page feel stuck: leave a trace for the operator

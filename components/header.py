@@ -1,4 +1,4 @@
-"""The bar above the tabs: which run every view shows, a Stop button, and the polling timer.
+"""The bar above the tabs: which run every view shows, Stop and Resume buttons, and the polling timer.
 
 The selected run is shared by Watch, Kernels, Alignment and Download & predict. A fresh page (or a
 refresh, or a second tab) attaches to the active run if there is one, so nothing is lost when a
@@ -29,6 +29,7 @@ class Header:
     run: gr.Dropdown
     refresh: gr.Button
     stop: gr.Button
+    resume: gr.Button
     message: gr.Markdown
     timer: gr.Timer
     runs_sig: gr.State
@@ -42,9 +43,10 @@ def build(runner: Runner) -> Header:
                           elem_id="run-picker", interactive=True, allow_custom_value=True)
         refresh = gr.Button("↻ Refresh list", scale=1, size="sm", elem_id="refresh-runs")
         stop = gr.Button("■ Stop run", variant="stop", scale=1, size="sm", elem_id="stop-run")
+        resume = gr.Button("▶ Resume run", scale=1, size="sm", elem_id="resume-run")
     message = gr.Markdown(elem_id="header-message")
-    return Header(run=run, refresh=refresh, stop=stop, message=message, timer=gr.Timer(LIST_POLL_SECONDS),
-                  runs_sig=gr.State(()), tab=gr.State("setup"))
+    return Header(run=run, refresh=refresh, stop=stop, resume=resume, message=message,
+                  timer=gr.Timer(LIST_POLL_SECONDS), runs_sig=gr.State(()), tab=gr.State("setup"))
 
 
 def attach(runner: Runner) -> tuple:
@@ -69,16 +71,23 @@ def poll_runs(runner: Runner, run_id: str | None, sig: tuple) -> tuple:
     except Exception:
         log.exception("listing runs failed")
         return gr.skip(), gr.skip()
-    ids = {value for _, value in choices}
+    ids = [value for _, value in choices]  # a list: a client may send any JSON value as run_id, even a list
     value = run_id if run_id in ids else runner.default_run()
     return gr.Dropdown(choices=choices, value=value), new_sig
 
 
 def refresh_runs(runner: Runner, run_id: str | None) -> tuple:
     choices = runner.run_dropdown()
-    ids = {value for _, value in choices}
+    ids = [value for _, value in choices]  # a list: a client may send any JSON value as run_id, even a list
     return gr.Dropdown(choices=choices, value=run_id if run_id in ids else runner.default_run()), \
         runner.runs_signature()
+
+
+def resume_run(runner: Runner, run_id: str | None) -> str:
+    """Queue a cancelled or interrupted run to continue from its last epoch (a one-line error otherwise)."""
+    message = runner.resume(run_id)
+    gr.Info(message)
+    return message
 
 
 def stop_run(runner: Runner, run_id: str | None) -> str:
@@ -95,3 +104,4 @@ def bind(h: Header, runner: Runner, demo: gr.Blocks, tabs: gr.Tabs) -> None:
     h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],
                     api_name="list_runs")
     h.stop.click(guarded(partial(stop_run, runner)), inputs=[h.run], outputs=[h.message], api_name="stop")
+    h.resume.click(guarded(partial(resume_run, runner)), inputs=[h.run], outputs=[h.message], api_name="resume")

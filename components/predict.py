@@ -13,6 +13,7 @@ from karst.errors import KarstError
 
 from . import plots, texts
 from .guard import guarded
+from .images import image_input, sketch_input
 from .runner import Prediction, Runner
 from .wiring import follow_run
 
@@ -63,8 +64,8 @@ def build() -> PredictPanel:
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k", elem_id="predict-topk")
             with gr.Tabs():
                 with gr.Tab("Image (upload, paste, webcam)"):
-                    image = gr.Image(sources=["upload", "clipboard", "webcam"], type="filepath", height=260,
-                                     label="Image", elem_id="predict-image")
+                    image = image_input(sources=["upload", "clipboard", "webcam"], height=260,
+                                        label="Image", elem_id="predict-image")
                     buttons["image"] = gr.Button("Predict", variant="primary", elem_id="predict-image-btn")
                     examples = gr.Gallery(label="Examples from the run's dataset — click one to predict",
                                           columns=8, height=140, allow_preview=False, elem_id="predict-examples")
@@ -73,7 +74,7 @@ def build() -> PredictPanel:
                                    elem_id="predict-many")
                     buttons["many"] = gr.Button("Predict all", variant="primary", elem_id="predict-many-btn")
                 with gr.Tab("Draw"):
-                    sketch = gr.Sketchpad(label="Draw", type="numpy", height=300, elem_id="predict-sketch")
+                    sketch = sketch_input(label="Draw", height=300, elem_id="predict-sketch")
                     buttons["sketch"] = gr.Button("Predict drawing", variant="primary",
                                                   elem_id="predict-sketch-btn")
             chart = gr.Plot(plots.topk_bars([], []), label="Top-k", elem_id="predict-chart")
@@ -124,9 +125,17 @@ def predict(runner: Runner, kind: str, source: str, run_id: str | None, model_fi
 
 def pick_example(runner: Runner, source: str, run_id: str | None, model_files: list[str] | None, top_k: float,
                  evt: gr.SelectData) -> tuple:
-    """Clicking an example image puts it in the image box and predicts at once."""
-    path = (evt.value or {}).get("image", {}).get("path")
-    return (path, *_show(runner.predict(source, run_id, model_files, [path], int(top_k))))
+    """Clicking an example image puts it in the image box and predicts at once.
+
+    The image is looked up by its index among the run's examples on the server, never by the path
+    the browser reports (a client could send any server path).
+    """
+    examples = runner.example_images(run_id, None) if run_id else []
+    index = evt.index if isinstance(evt.index, int) else -1
+    if not 0 <= index < len(examples):
+        raise KarstError("that example is no longer shown; pick the run again to reload its examples.")
+    image = examples[index]
+    return (image, *_show(runner.predict(source, run_id, model_files, [image], int(top_k))))
 
 
 def bind(p: PredictPanel, runner: Runner, run: gr.Dropdown, tab: gr.Tab, current_tab: gr.State) -> None:

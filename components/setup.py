@@ -31,16 +31,26 @@ class SetupPanel:
     check: gr.Markdown
     method_note: gr.Markdown
     launch: gr.Button
+    fault: gr.State  # (field, message) of the last check, to mark that field
+
+    def marked(self) -> list[gr.components.Component]:
+        """The fields that show their own error (those with a help line under them)."""
+        return [self.form[k] for k in _FIELD_HELP if k in self.form]
 
     def inputs(self) -> list[gr.components.Component]:
         """Form components in SetupForm field order (Gradio passes values positionally)."""
         return [self.form[name] for name in SetupForm.field_names()]
 
 
+# Each setting's help line, shown under its field and replaced by the field's error when it has one.
+_FIELD_HELP: dict[str, str] = {}
+
+
 def _widget(key: str, **extra: Any) -> gr.components.Component:
-    """The form field of one setting, with its label, help, default and bounds from karst.config."""
+    """The form field of one setting, with its label, help and default from karst.config."""
     spec = form_spec(key)
     value = getattr(SetupForm(), key)
+    _FIELD_HELP[key] = spec.help
     common = {"label": spec.label, "info": spec.help, "elem_id": key.replace("_", "-"), **extra}
     if spec.kind == "bool":
         return gr.Checkbox(value, **common)
@@ -48,8 +58,9 @@ def _widget(key: str, **extra: Any) -> gr.components.Component:
         choices = common.pop("choices", list(spec.choices))
         return gr.Radio(choices, value=value, **common) if len(spec.choices) <= 5 and key != "device" \
             else gr.Dropdown(choices, value=value, **common)
-    bounds = {"minimum": spec.minimum} if spec.minimum is not None else {}
-    return gr.Number(value, precision=0 if spec.kind == "int" else None, **bounds, **common)
+    # No minimum and no rounding here: Gradio would refuse 0 with a message naming no field, and round
+    # 2.5 to another value silently; karst's own check names the field and says what to enter.
+    return gr.Number(value, **common)
 
 
 def build(runner: Runner) -> SetupPanel:
@@ -102,12 +113,20 @@ def build(runner: Runner) -> SetupPanel:
             launch = gr.Button("▶ Launch", variant="primary", elem_id="launch")
         with gr.Column(scale=2):
             gr.Markdown(texts.SETUP, latex_delimiters=texts.LATEX_DELIMITERS)
-    return SetupPanel(form=f, check=check, method_note=method_note, launch=launch)
+    return SetupPanel(form=f, check=check, method_note=method_note, launch=launch, fault=gr.State((None, "")))
 
 
 # ---------------------------------------------------------------------------- handlers
-def check_settings(runner: Runner, *values: Any) -> str:
-    return runner.check_markdown(SetupForm(*values)).markdown
+def check_settings(runner: Runner, *values: Any) -> tuple[str, tuple[str | None, str]]:
+    result = runner.check_markdown(SetupForm(*values))
+    return result.markdown, (result.field, result.field_message)
+
+
+def mark_fields(fault: tuple[str | None, str]) -> tuple:
+    """The field at fault shows its error in red under it; every other field its help line."""
+    key, message = fault
+    return tuple(gr.update(info=f"✗ {message}", elem_classes=["karst-field-error"]) if k == key
+                 else gr.update(info=help_text, elem_classes=[]) for k, help_text in _FIELD_HELP.items())
 
 
 def show_backbone_fields(source: str) -> tuple:
@@ -147,7 +166,8 @@ def bind(p: SetupPanel, runner: Runner, header: Header, tabs: gr.Tabs, demo: gr.
                        api_visibility="private")
     # Live validation: any edit re-checks; "always_last" drops stale checks while the user types.
     gr.on([c.change for c in p.inputs()] + [demo.load], guarded(partial(check_settings, runner)),
-          inputs=p.inputs(), outputs=p.check, trigger_mode="always_last", show_progress="hidden",
-          api_name="check_settings")
+          inputs=p.inputs(), outputs=[p.check, p.fault], trigger_mode="always_last", show_progress="hidden",
+          api_name="check_settings").then(mark_fields, p.fault, p.marked(), show_progress="hidden",
+                                          api_visibility="private")
     p.launch.click(guarded(partial(launch_run, runner)), inputs=p.inputs(),
                    outputs=[header.run, header.runs_sig, tabs, header.tab], api_name="launch")

@@ -73,25 +73,35 @@ $C_i \otimes D$ places a copy of $D$ scaled by $c_{jk}$ in block $(j,k)$, so the
 $C_i$ shows up in $\Delta W$. The singular values show why a Kronecker sum is expressive:
 $\operatorname{rank}(C\otimes D)=\operatorname{rank}(C)\operatorname{rank}(D)$, so $\Delta W$ can have
 rank up to $N m r$, while a LoRA with the same number of parameters has rank
-$\approx\frac{\text{budget}}{d_{in}+d_{out}}$.
-Slide the epoch to watch the kernels form.
+$r' \approx\frac{\text{budget}}{d_{in}+d_{out}}$. The dashed "LoRA, equal budget" line is the
+truncated SVD of this $\Delta W$ at rank $r'$ (the most of it such a LoRA could hold), not a
+trained LoRA; a trained LoRA run of the same task, if there is one, is drawn dotted.
+
+Grid lines mark the $m\times m$ blocks; axes show the true row and column indices.
+$C_i$ starts random and moves little, so tick **Same colour scale** and **Show the change since
+epoch 0**, then **Play** (or the arrow keys on the slider) to watch the update grow.
 """
 
 ALIGNMENT = r"""### Re-scaling transmission (RST)
-The update changes the statistics of a layer's output. KARST's re-scaling
-$y = (1+s_1)\odot(\cdot) + s_2$ lets each output channel re-align its mean and spread.
+KARST's re-scaling $y = (1+s_1)\odot(\cdot) + s_2$ is meant to align adapted features with the
+distribution that the **following pre-trained layers expect**. This tab measures that claim.
 
-On a fixed probe batch, the plots show per-channel mean $\mu_c$ and standard deviation $\sigma_c$ of
-- the **pre-trained** output $W_0x+b_0$,
-- the **adapted output before re-scaling** $W_0x+b_0+\Delta W x$,
-- the **adapted output after re-scaling** $y$.
+**Reference**: the frozen model's per-channel mean $\mu^{ref}_c$ and std $\sigma^{ref}_c$ of this
+layer's output on the data it was pre-trained on (for `karst-vit-micro`, images of its own
+pre-training generator). For a backbone whose pre-training data is not at hand, the reference is
+the frozen model on this task's probe images, and the text says so.
 
-The gap summary compares each variant with the pre-trained statistics $\mu^0, \sigma^0$:
+Each output channel $c$ is compared with it on a fixed probe batch:
 
-$$\text{gap} = \frac{\overline{|\mu_c-\mu_c^{0}| + |\sigma_c-\sigma_c^{0}|}}{\overline{\sigma_c^{0}}}$$
+$$d_c = \frac{|\mu_c-\mu^{ref}_c| + |\sigma_c-\sigma^{ref}_c|}{\overline{\sigma^{ref}}}$$
 
-(bars: mean over channels). 0 means the same per-channel distribution as the pre-trained layer;
-1 means off by a typical std.
+0 is the reference's distribution; 1 is off by one typical std. The **gap** is the mean of $d_c$.
+
+- **Sorted change per channel**: $d_c$ after re-scaling minus before it (green: moved closer),
+  and the adapted output minus the frozen model on this task.
+- **Gap over epochs**: every run of this backbone and dataset, so KARST with and without
+  re-scaling and LoRA can be compared; dotted: before re-scaling.
+- The sentences above the plots are computed from these numbers.
 """
 
 COMPARE = r"""### Accuracy against cost

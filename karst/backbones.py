@@ -156,7 +156,11 @@ def load_backbone(
     if name.startswith(("hf-hub:", "hf_hub:")):  # timm's own syntax for any Hugging Face repo
         return _load_hub(name, num_classes, pretrained, drop_path_rate)
     path = Path(name).expanduser()
-    if path.suffix.lower() in WEIGHT_SUFFIXES or path.exists() or os.sep in name:
+    try:
+        exists = path.exists()
+    except OSError:  # a name the file system refuses (too long...): not a file, maybe a timm name
+        exists = False
+    if path.suffix.lower() in WEIGHT_SUFFIXES or exists or os.sep in name:
         return _load_local(path, num_classes, arch, drop_path_rate)
     return _load_hub(name, num_classes, pretrained, drop_path_rate)
 
@@ -241,10 +245,10 @@ def _close_matches(name: str) -> list[str]:
 
 def _load_hub(name: str, num_classes: int, pretrained: bool, drop_path_rate: float) -> Backbone:
     if not name.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(name):
-        close = _close_matches(name)
+        close = _close_matches(name[:100])
         hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models() for the names"
         raise BackboneError(
-            f"Backbone {name!r} is not karst-vit-micro, a timm model name or an existing weight file; {hint}."
+            f"Backbone {name[:200]!r} is not karst-vit-micro, a timm model name or an existing weight file; {hint}."
         )
     kwargs = {"num_classes": num_classes, "drop_path_rate": drop_path_rate}
     if pretrained or name.startswith(("hf-hub:", "hf_hub:")):  # hf-hub names need the repo's config

@@ -56,6 +56,16 @@ class Callback:
     ) -> None:
         """Trainable tensors (CPU copies) and probe-batch feature statistics at ``epoch``."""
 
+    def on_reference(self, reference: dict[str, Any]) -> None:
+        """The statistics alignment is measured against (``karst.stats.reference_stats``), once, before
+        the epoch-0 snapshot."""
+
+    def on_train_state(self, epoch: int, state: dict[str, Any]) -> None:
+        """The state to resume from after ``epoch`` (``karst.checkpoint.train_state``; not copied)."""
+
+    def on_resume(self, epoch: int, step: int) -> None:
+        """A resumed run continues after ``epoch`` (``step`` steps done); 0, 0: it starts over."""
+
     def on_test(self, record: dict[str, Any]) -> None:
         """The ``{"type": "test", ...}`` record."""
 

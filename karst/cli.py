@@ -1,8 +1,9 @@
 """The ``karst`` command (also ``python -m karst``).
 
-Subcommands: list, train, runs, cancel, delete, export, predict, bench, worker. Errors the user
+Subcommands: list, train, resume, runs, cancel, delete, export, predict, bench, worker, suite, sweep. Errors the user
 can fix (any ``KarstError``, bad flags) print one line on stderr and exit with status 2; a run
-that ends other than ``completed`` exits with 1.
+that ends other than ``completed`` exits with 1, and so does an internal error (a bug): one line
+naming the log file with its traceback (``karst --debug`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,18 @@ from typing import Any
 from tqdm import tqdm
 
 from .callbacks import Callback, Progress
+from .cluster import add_ray_flags, prepare_ray, ray_address, ray_options
 from .config import TrainConfig, config_from_values, field_specs
 from .data import list_datasets
 from .errors import ConfigError, KarstError
 from .flags import add_setting_flags, flag_values
-from .jobs import run_foreground, run_worker
+from .jobs import WORKER_IDLE_EXIT_S, resume_foreground, run_foreground, run_worker
+from .ray_worker import serve as serve_on_ray
 from .recipes import RECIPES, apply_recipe
-from .runs import RunStore
+from .runs import UNREADABLE, RunStore
+from .suites import add_parser as add_suite_parser
+from .suites import cmd_suite
+from .sweep import SweepSpec, load_space, render_markdown, run_sweep
 
 __all__ = ["main", "build_parser"]
 
@@ -40,6 +49,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``karst`` command."""
     parser = _Parser(prog="karst", description="KARST Studio: Kronecker adapters for timm ViTs.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error instead of saving it to a log file")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("list", help="embedded and known backbones and datasets")
@@ -53,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "flags: 'paper' = the paper's VTAB-1K recipe (sources in karst/recipes.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="any setting by its path, e.g. --set method.adapter.init_std_C=0.5 (repeatable)")
+    p.add_argument("--runs-dir", default=_default_runs_dir())
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (the last stdout line)")
+    add_ray_flags(p)
+    _add_sweep_parser(sub)
+
+    p = sub.add_parser("resume", help="continue a cancelled or interrupted run from its last epoch")
+    p.add_argument("run")
     p.add_argument("--runs-dir", default=_default_runs_dir())
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the last stdout line)")
 
@@ -81,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="serve the run queue of a runs directory")
     p.add_argument("--runs-dir", default=_default_runs_dir())
-    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--idle-exit", type=float, default=WORKER_IDLE_EXIT_S, metavar="SECONDS",
+                   help="exit after this long with nothing queued and no app attached "
+                   f"(default {WORKER_IDLE_EXIT_S:g}; inf: never)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all CPUs but one)")
+    add_ray_flags(p, "the queued runs")
+
+    add_suite_parser(sub)  # karst suite vtab1k|fewshot|make-demo|resume|show|list
     return parser
 
 
@@ -98,6 +121,26 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must hold a JSON object of TrainConfig fields.")
     return data
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="search settings with Ray Tune: choose on validation accuracy, retrain the "
+                       "best on train+val, test it")
+    p.add_argument("--space", type=Path, required=True, metavar="FILE",
+                   help="JSON or YAML file: setting -> list (grid) or {choice|uniform|loguniform: [...]}; "
+                   "short names lr, N, m, r, rescale, method, task, seed (see karst/sweep.py)")
+    p.add_argument("--samples", type=int, default=1, help="trials per grid point; random choices are drawn anew")
+    p.add_argument("--asha", action="store_true", help="stop poor trials after an epoch (Ray Tune's ASHA scheduler)")
+    p.add_argument("--asha-grace", type=int, default=1, metavar="EPOCHS", help="epochs before ASHA may stop a trial")
+    p.add_argument("--sweep-id", help="name of the sweep (default: a time stamp)")
+    add_setting_flags(p, field_specs())  # the settings every trial shares, as for `karst train`
+    p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields; flags override it")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a named set of settings under the config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="any setting by its path (repeatable)")
+    p.add_argument("--runs-dir", default=_default_runs_dir())
+    p.add_argument("--json", action="store_true", help="print sweep.json instead of the table")
+    add_ray_flags(p, "the trials (default: local, a Ray instance on this machine)")
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -177,7 +220,32 @@ _SUMMARY_KEYS = ("run_id", "status", "val_acc", "test_acc", "trainable_params", 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
-    summary = run_foreground(config, args.runs_dir, callbacks=[_ProgressBar()])
+    address = ray_address(args.ray)
+    if address is not None:
+        prepare_ray(address)  # an unreachable cluster: one line, exit 2, before any run folder exists
+        from .ray_backend import run_on_ray  # local: Ray is an optional extra, imported only with --ray
+
+        summary = run_on_ray(config, address, args.runs_dir, ray_options(args), callbacks=[_ProgressBar()])
+        return _report(summary, args)
+    return _report(run_foreground(config, args.runs_dir, callbacks=[_ProgressBar()]), args)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    base = _train_config(args)
+    spec = SweepSpec(load_space(args.space, base), samples=args.samples, asha=args.asha, grace_epochs=args.asha_grace)
+    address = ray_address(args.ray) or "local"  # Ray Tune needs Ray: without --ray, a local instance
+    prepare_ray(address)
+    doc = run_sweep(base, spec, address, args.runs_dir, ray_options(args), args.sweep_id)
+    print(json.dumps(doc) if args.json else render_markdown(doc))
+    return 0 if doc["status"] == "completed" else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _report(resume_foreground(args.run, args.runs_dir, callbacks=[_ProgressBar()]), args)
+
+
+def _report(summary: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print a finished run's summary; the exit status: 0 if it completed, else 1."""
     if args.json:
         print(json.dumps({**{k: summary.get(k) for k in _SUMMARY_KEYS}, **summary}))
     else:
@@ -203,6 +271,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     for r in runs:
         s = r["summary"] or {}
+        if r["status"]["status"] == UNREADABLE:
+            print(f"{r['run_id']:38} {UNREADABLE:11} {r['status']['message']}")
+            continue
         print(f"{r['run_id']:38} {r['status']['status']:11} {num(s, 'val_acc', '.3f'):>6} "
               f"{num(s, 'test_acc', '.3f'):>6} {num(s, 'trainable_params', ','):>10} {num(s, 'seconds', '.1f'):>7}")
     return 0
@@ -244,32 +315,75 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    return run_worker(args.runs_dir, idle_exit_s=args.idle_exit, threads=args.threads)
+    address = ray_address(args.ray)
+    if address is not None:
+        prepare_ray(address)
+        return serve_on_ray(args.runs_dir, address, ray_options(args), idle_exit_s=args.idle_exit)
+    code = run_worker(args.runs_dir, idle_exit_s=args.idle_exit, threads=args.threads)
+    # Everything is written and every lock released: leave without the interpreter's teardown of
+    # torch & co., which takes seconds on a busy machine while the memory stays held.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 _COMMANDS = {
     "list": _cmd_list,
     "train": _cmd_train,
+    "resume": _cmd_resume,
     "runs": _cmd_runs,
     "cancel": _cmd_cancel,
     "delete": _cmd_delete,
     "export": _cmd_export,
     "predict": _cmd_predict,
     "worker": _cmd_worker,
+    "suite": cmd_suite,
+    "sweep": _cmd_sweep,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``karst``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _write_error_log(runs_dir: str | None) -> str:
+    """Save the current exception's traceback; returns the file: ``<runs-dir>/.karst-cli.log``
+    (the latest internal error only) when the runs directory exists, else a fresh temp file."""
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} karst {' '.join(sys.argv[1:])[:2000]}\n{traceback.format_exc()}"
     try:
-        if argv and argv[0] == "bench":
+        if runs_dir and Path(runs_dir).is_dir():
+            path = Path(runs_dir) / ".karst-cli.log"
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+    except OSError:  # a read-only or odd runs directory: fall back to a temp file
+        pass
+    fd, name = tempfile.mkstemp(prefix="karst-cli-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``karst``; returns the exit status.
+
+    A ``KarstError`` (bad input) prints one line and returns 2. Anything else is a bug: one line
+    naming the log file that holds its traceback, status 1; ``karst --debug ...`` raises it instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = argv[:1] == ["--debug"]
+    args = None
+    try:
+        if argv[debug:][:1] == ["bench"]:
             # The benchmark owns its flags; hand them over untouched.
             from .bench import main as bench_main  # local: timm takes seconds to import
 
-            return int(bench_main(argv[1:]) or 0)
+            return int(bench_main(argv[debug + 1:]) or 0)
         args = build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
     except KarstError as e:
         print(f"karst: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if debug:
+            raise
+        log = _write_error_log(getattr(args, "runs_dir", None) or _default_runs_dir())
+        reason = (str(e).splitlines() or [""])[0][:200]
+        print(f"karst: internal error ({type(e).__name__}: {reason}); this is a bug, its traceback is in {log} "
+              "(or run `karst --debug ...` to see it here).", file=sys.stderr)
+        return 1

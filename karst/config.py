@@ -395,6 +395,9 @@ class TrainConfig(Settings):
                                 "(pip install -r requirements-loggers.txt)", flag="--tensorboard")
     mlflow: bool = setting(False, "log to MLflow in a local mlruns/ folder next to the runs, no server "
                            "(pip install -r requirements-loggers.txt)", flag="--mlflow")
+    save_state: bool = setting(True, "save the training state (trainable weights, optimiser, schedule, random "
+                               "generators) after each epoch, so a stopped run can be resumed; only the newest "
+                               "is kept", flag="--no-save-state")
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):  # TrainConfig(method="lora") in a notebook

@@ -41,7 +41,15 @@ from .config import TrainConfig
 from .errors import ConfigError, KarstError, RunError
 from .images import open_image
 from .methods import build_method
-from .runs import RunStore, atomic_write_json, publish, read_json
+from .model_safety import (
+    MAX_MODEL_BYTES,
+    check_fits,
+    check_merged_meta,
+    check_model_file,
+    read_json_capped,
+    tensor_shapes,
+)
+from .runs import ACTIVE_STATES, RunStore, atomic_write_json, publish, read_json
 
 __all__ = [
     "EXPORT_FORMAT", "RunExporter", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict",
@@ -83,13 +91,17 @@ def write_merged(model: nn.Module, meta: dict[str, Any], path: str | Path) -> di
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"export file {path} must end in .safetensors; try {path.with_suffix('.safetensors')}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise RunError(f"cannot export: {bad[0]} contains NaN or Inf (the run diverged); retrain with a lower lr.")
-    _save(state, path, {"karst_export": json.dumps(meta)})
-    atomic_write_json(path.with_suffix(".json"), meta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(state, path, {"karst_export": json.dumps(meta)})
+        atomic_write_json(path.with_suffix(".json"), meta)
+    except OSError as e:
+        raise ConfigError(f"cannot write the export file {str(path)[:200]} ({e.strerror or type(e).__name__}); "
+                          "check that folder's space and permissions, or choose another --out location.") from None
     return {"merged": str(path), "merged_json": str(path.with_suffix(".json"))}
 
 
@@ -143,8 +155,11 @@ class RunExporter(Callback):
 
 def _run_dir(run: str | Path, runs_dir: str | Path | None) -> Path:
     p = Path(run)
-    if p.is_dir() and (p / "config.json").is_file():
-        return p
+    try:
+        if p.is_dir() and (p / "config.json").is_file():
+            return p
+    except OSError:  # a name the file system refuses (too long...): then it is no folder, try it as an id
+        pass
     return RunStore(runs_dir).path(str(run))
 
 
@@ -194,35 +209,60 @@ def export_run(run: str | Path, out: str | Path | None = None, runs_dir: str | P
             config is written next to it with the same stem.
     """
     run_dir = _run_dir(run, runs_dir)
-    method, backbone, class_names = load_run(run_dir)
     out = Path(out) if out is not None else run_dir / "merged.safetensors"
+    state = RunStore(run_dir.parent).read_status(run_dir.name).get("status")
+    if state in ACTIVE_STATES and out.resolve().is_relative_to(run_dir.resolve()):
+        # The run writes its own merged model when it ends; one written now would pair old weights
+        # with the adapter of a later epoch in the same folder.
+        raise RunError(f"run {run_dir.name} is still {state}; its merged model is written when it ends. "
+                       "Wait for it, or pass --out FILE outside the run folder to export its newest snapshot now.")
+    method, backbone, class_names = load_run(run_dir)
     meta = export_meta(backbone, class_names, method.name, run_dir.name)
     return write_merged(method.merged_model(), meta, out)
 
 
-def load_merged(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load an exported merged model with timm only; returns (model in eval mode, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"model file {path} does not exist; give a run id, run folder or merged.safetensors.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get("karst_export")
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RunError(
-            f"{path.name} is not a readable safetensors file ({e}); export a run with `karst export`."
-        ) from None
+def _merged_meta(path: Path, trusted: bool) -> dict[str, Any]:
+    """The checked configuration of a merged file: its ``.json`` sidecar, else its header."""
     sidecar = path.with_suffix(".json")
-    meta = read_json(sidecar) if sidecar.is_file() else (json.loads(header) if header else None)
-    if not meta or meta.get("format") != EXPORT_FORMAT:
+    if sidecar.is_file():
+        meta = read_json_capped(sidecar)
+    else:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = (f.metadata() or {}).get("karst_export")
+            meta = json.loads(header) if header else None
+        except (SafetensorError, OSError, ValueError) as e:
+            raise RunError(f"{path.name} is not a readable safetensors file ({str(e)[:120]}); "
+                           "export a run with `karst export`.") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise RunError(f"{path.name} has no karst export config (merged.json); export it with `karst export RUN`.")
+    return check_merged_meta(meta, path.name, trusted)
+
+
+def load_merged(path: str | Path, max_bytes: int = MAX_MODEL_BYTES, *,
+                trusted: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported merged model with timm only; returns (model in eval mode, meta).
+
+    The file is treated as untrusted (:mod:`karst.model_safety`): its size is limited, its
+    configuration may only name a known architecture with known arguments, and its tensors must
+    fit that architecture (checked on the meta device) before any weight is allocated.
+
+    Args:
+        trusted: the file is a run's own export in its runs directory (not an upload, not a path a
+            user typed): any timm architecture it was trained on is accepted.
+    """
+    path = Path(path)
+    check_model_file(path, max_bytes)
+    meta = _merged_meta(path, trusted)
+    if not trusted:
+        check_fits(meta, tensor_shapes(path), path.name)
     arch = meta["arch"]
     model = timm.create_model(arch["model_name"], pretrained=False, num_classes=meta["num_classes"], **arch["kwargs"])
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise RunError(f"{path.name} does not match {arch['model_name']}: {str(e).splitlines()[0]}") from None
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise RunError(f"{path.name} does not load into {arch['model_name']}: {str(e).splitlines()[0][:160]}; "
+                       "export the run again.") from None
     return model.eval(), meta
 
 
@@ -247,13 +287,17 @@ class Predictor:
         """A run id, a run folder, or a merged ``.safetensors`` file."""
         p = Path(source)
         if p.suffix == ".safetensors":
-            model, meta = load_merged(p)
-            return cls(model, timm.data.create_transform(**meta["preprocessing"]), meta["class_names"], device)
+            return cls._from_merged(p, device)
         run_dir = _run_dir(source, runs_dir)
         if (run_dir / "merged.safetensors").is_file():
-            return cls.from_source(run_dir / "merged.safetensors", device=device)
+            return cls._from_merged(run_dir / "merged.safetensors", device, trusted=True)
         method, backbone, class_names = load_run(run_dir, device=device)
         return cls(method.model, backbone.transform(), class_names, device)
+
+    @classmethod
+    def _from_merged(cls, path: Path, device: str, trusted: bool = False) -> Predictor:
+        model, meta = load_merged(path, trusted=trusted)
+        return cls(model, timm.data.create_transform(**meta["preprocessing"]), meta["class_names"], device)
 
     @torch.no_grad()
     def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:

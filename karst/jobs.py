@@ -12,12 +12,19 @@ instances, ``karst train`` in a terminal, the worker) can share one runs directo
   these locks elsewhere (e.g. a machine-wide folder shared by several runs directories).
 - ``<run>/.lock``: held by the process working on that run (see ``karst.runs``). A worker killed
   mid-run releases it, and readers then show the run as ``interrupted``.
+- ``<runs>/.attached/<pid>``: a heartbeat file each front end (the app) touches every second while
+  it runs (:meth:`JobManager.start_watchdog`).
 
 A worker runs one job at a time: runs start in order even when they ask for different devices.
+It exits when its runs directory or its ``.worker.lock`` is deleted or replaced (a new worker
+would lock the new file), and after ``idle_exit_s`` with nothing queued and no fresh heartbeat.
+The app's watchdog thread starts a new worker within seconds when runs are queued and none lives.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -25,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +40,19 @@ import torch
 
 from .config import TrainConfig
 from .device import device_key, resolve_device
-from .errors import KarstError
-from .runs import FileLock, RunStore, atomic_write_json, read_json
+from .errors import KarstError, RunError
+from .runs import FileLock, RunStore, atomic_write_json, check_status, read_json
 
-__all__ = ["JobManager", "run_worker", "execute_run", "run_foreground", "device_lock"]
+__all__ = ["JobManager", "run_worker", "execute_run", "run_foreground", "resume_foreground", "device_lock",
+           "WORKER_IDLE_EXIT_S"]
 
 _POLL_S = 0.2
+# A worker with nothing queued and no app attached exits after this long (it holds ~1 GB of imports).
+WORKER_IDLE_EXIT_S = 600.0
+# How often the app's watchdog touches its heartbeat and checks that queued runs have a worker.
+_WATCH_S = 1.0
+_ATTACHED = ".attached"
+log = logging.getLogger("karst.jobs")
 
 
 def _lock_dir(root: Path) -> Path:
@@ -95,6 +109,7 @@ def execute_run(
     try:
         try:
             config = store.read_config(run_id)
+            resume = (read_json(run_dir / "status.json") or {}).get("resume_from") is not None
             device = resolve_device(config.device)
         except KarstError as e:
             summary = _finish_unstarted(store, run_id, "failed", str(e))
@@ -105,7 +120,7 @@ def execute_run(
         if dev_lock is None or cancelled():
             return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
         try:
-            return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled)
+            return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled, resume=resume)
         except KarstError:
             if raise_errors:
                 raise
@@ -145,6 +160,21 @@ def run_foreground(
     """
     store = RunStore(runs_dir)
     run_id, lock = store.create_claimed(config)
+    return _foreground(store, run_id, lock, callbacks)
+
+
+def resume_foreground(run_id: str, runs_dir: str | Path | None = None, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+    """Resume a cancelled or interrupted run here, from its last saved training state (``karst resume``).
+
+    Raises:
+        RunError: the run cannot be resumed (completed, active, ...); the message says why.
+    """
+    store = RunStore(runs_dir)
+    _, lock = store.prepare_resume(run_id, claim=True)
+    return _foreground(store, run_id, lock, callbacks)
+
+
+def _foreground(store: RunStore, run_id: str, lock: FileLock, callbacks: Iterable[Any]) -> dict[str, Any]:
     try:
         return execute_run(store, run_id, lock, callbacks, raise_errors=True)
     except KeyboardInterrupt:  # only while waiting for the device; train() handles its own
@@ -160,14 +190,16 @@ def _available_cpus() -> int:
 
 
 def run_worker(
-    runs_dir: str | Path, poll_s: float = _POLL_S, idle_exit_s: float | None = None, threads: int | None = None
+    runs_dir: str | Path, poll_s: float = _POLL_S, idle_exit_s: float | None = WORKER_IDLE_EXIT_S,
+    threads: int | None = None
 ) -> int:
-    """The worker loop: train queued runs in launch order until stopped (SIGTERM/SIGINT).
+    """The worker loop: train queued runs in launch order until stopped (SIGTERM/SIGINT), idle or orphaned.
 
     Args:
         runs_dir: the runs directory to serve.
         poll_s: seconds between scans of the queue.
-        idle_exit_s: exit after this long with nothing queued (None: run until stopped).
+        idle_exit_s: exit after this long with nothing queued and no app attached (None or inf: run
+            until stopped). It also exits as soon as its runs directory or lock file is gone.
         threads: torch CPU threads. Default: all CPUs but one, unless ``OMP_NUM_THREADS`` is set.
             The spare core keeps the app that polls this worker responsive, and on a busy small
             machine one thread too many makes every step several times slower.
@@ -178,7 +210,7 @@ def run_worker(
     store = RunStore(runs_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(store.root / ".worker.lock")
-    if not lock.acquire():
+    if not _acquire_soon(lock):
         print(f"a worker already serves {store.root}", file=sys.stderr)
         return 1
     stopping = threading.Event()
@@ -188,10 +220,29 @@ def run_worker(
         signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
     try:
         _warm_up(store, threads)
-        _serve(store, poll_s, idle_exit_s, stopping)
+        why = _serve(store, lock, poll_s, idle_exit_s, stopping)
+        print(f"karst worker {os.getpid()} exits: {why}", file=sys.stderr, flush=True)
     finally:
         lock.release()
     return 0
+
+
+def _acquire_soon(lock: FileLock, wait_s: float = 1.0) -> bool:
+    # A front end checks for a live worker by taking the lock for an instant: retry past such probes.
+    deadline = time.monotonic() + wait_s
+    while not lock.acquire():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _last_heartbeat(root: Path) -> float:
+    """Newest heartbeat of an attached front end (wall clock), 0 if none."""
+    try:
+        return max((e.stat().st_mtime for e in os.scandir(root / _ATTACHED) if e.is_file()), default=0.0)
+    except OSError:  # no such folder, or a file removed while we looked
+        return 0.0
 
 
 def _warm_up(store: RunStore, threads: int | None) -> None:
@@ -212,38 +263,64 @@ def _warm_up(store: RunStore, threads: int | None) -> None:
     print(f"karst worker {os.getpid()} serving {store.root.resolve()}", file=sys.stderr, flush=True)
 
 
-def _serve(store: RunStore, poll_s: float, idle_exit_s: float | None, stopping: threading.Event) -> None:
-    """Train queued runs in launch order until ``stopping`` is set (or idle for ``idle_exit_s``)."""
-    idle_since = time.monotonic()
+def _serve(store: RunStore, lock: FileLock, poll_s: float, idle_exit_s: float | None,
+           stopping: threading.Event) -> str:
+    """Train queued runs in launch order until stopped, idle or orphaned; returns why it stopped."""
+    idle_limit = math.inf if idle_exit_s is None else idle_exit_s
+    busy_at = time.time()
+    skipped: dict[str, str] = {}  # damaged run folders already reported (each is logged once)
+    last_error = ""
+
+    def orphaned() -> bool:  # checked every poll and every training step: two stat calls
+        return not lock.still_at_path()
+
     while not stopping.is_set():
+        if orphaned():
+            return f"{store.root / '.worker.lock'} was deleted or replaced (a new worker may serve that path)"
         try:
-            claimed = _claim_next(store)
+            claimed = _claim_next(store, skipped)
             if claimed is None:
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                    break
+                if time.time() - max(busy_at, _last_heartbeat(store.root)) > idle_limit:
+                    return f"idle for {idle_limit:g} s with nothing queued and no app attached"
                 time.sleep(poll_s)
                 continue
             run_id, run_lock = claimed
             print(f"starting {run_id}", file=sys.stderr, flush=True)
-            summary = execute_run(store, run_id, run_lock, stop_flag=stopping.is_set)
+            summary = execute_run(store, run_id, run_lock, stop_flag=lambda: stopping.is_set() or orphaned())
             print(f"finished {run_id}: {summary.get('status')}", file=sys.stderr, flush=True)
-        except Exception:  # e.g. a run folder deleted by hand mid-scan: log it, keep serving
-            traceback.print_exc(file=sys.stderr)
+        except Exception:  # e.g. a run folder deleted by hand mid-scan: log it (once), keep serving
+            error = traceback.format_exc()
+            if error != last_error:
+                print(error, file=sys.stderr, end="", flush=True)
+            last_error = error
             time.sleep(poll_s)
-        idle_since = time.monotonic()
+        busy_at = time.time()
+    return "asked to stop"
 
 
-def _claim_next(store: RunStore) -> tuple[str, FileLock] | None:
-    for run_id in store.queued():
-        status = read_json(store.root / run_id / "status.json")
-        if not status or status["status"] != "queued" or status.get("pid"):
-            continue  # owned by a foreground `karst train`
+def _unowned_queued(store: RunStore, run_id: str) -> bool:
+    try:
+        status = check_status(read_json(store.root / run_id / "status.json"))
+    except RunError:
+        return False
+    return status["status"] == "queued" and not status.get("pid")  # a pid: a foreground `karst train`
+
+
+def _claim_next(store: RunStore, reported: dict[str, str]) -> tuple[str, FileLock] | None:
+    skipped: dict[str, str] = {}
+    queued = store.queued(skipped)
+    for run_id, why in skipped.items():
+        if reported.get(run_id) != why:
+            print(f"skipping run folder {run_id}: {why}", file=sys.stderr, flush=True)
+            reported[run_id] = why
+    for run_id in queued:
+        if not _unowned_queued(store, run_id):
+            continue
         run_lock = store.claim(run_id)
         if run_lock is None:
             continue
         # Re-read under the lock: it may have been cancelled or taken meanwhile.
-        status = read_json(store.root / run_id / "status.json")
-        if status and status["status"] == "queued" and not status.get("pid"):
+        if _unowned_queued(store, run_id):
             store.write_status(run_id, pid=os.getpid(), message="starting")
             return run_id, run_lock
         run_lock.release()
@@ -255,10 +332,19 @@ class JobManager:
 
     Args:
         runs_dir: the runs directory (default ``$KARST_RUNS_DIR`` or ``./runs``).
+        idle_exit_s: the workers it starts exit after this long with nothing queued and no app
+            attached (``math.inf``: never).
+        worker_args: more ``karst worker`` flags for the workers it starts (``karst.cluster.worker_args``:
+            send the runs to a Ray cluster).
     """
 
-    def __init__(self, runs_dir: str | Path | None = None):
+    def __init__(self, runs_dir: str | Path | None = None, idle_exit_s: float = WORKER_IDLE_EXIT_S,
+                 worker_args: Sequence[str] = ()):
         self.store = RunStore(runs_dir)
+        self.idle_exit_s = idle_exit_s
+        self.worker_args = list(worker_args)
+        self._watchdog: threading.Thread | None = None
+        self._unwatch = threading.Event()
 
     @property
     def root(self) -> Path:
@@ -314,7 +400,8 @@ class JobManager:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         with open(self.root / ".worker.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "karst", "worker", "--runs-dir", str(self.root)],
+                [sys.executable, "-m", "karst", "worker", "--runs-dir", str(self.root),
+                 "--idle-exit", str(self.idle_exit_s), *self.worker_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -354,6 +441,46 @@ class JobManager:
                 return True
             time.sleep(0.05)
         return False
+
+    # -- the watchdog of a front end ---------------------------------------------------------------
+    def start_watchdog(self, every_s: float = _WATCH_S) -> None:
+        """Attach to the runs directory and keep queued runs served, from a daemon thread.
+
+        Every ``every_s`` it touches ``<runs>/.attached/<pid>`` (a worker does not idle-exit while
+        that heartbeat is fresh) and starts a worker if runs are queued and none is alive (one was
+        killed, or exited). :meth:`stop_watchdog` detaches.
+        """
+        if self._watchdog is not None:
+            return
+        self._unwatch.clear()
+        self._watchdog = threading.Thread(target=self._watch, args=(every_s,), name="karst-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def stop_watchdog(self) -> None:
+        """Stop the watchdog thread and remove this process's heartbeat file."""
+        if self._watchdog is None:
+            return
+        self._unwatch.set()
+        self._watchdog.join(timeout=30)
+        self._watchdog = None
+        (self.root / _ATTACHED / str(os.getpid())).unlink(missing_ok=True)
+
+    def _watch(self, every_s: float) -> None:
+        said = ""
+        while not self._unwatch.is_set():
+            try:
+                heartbeat = self.root / _ATTACHED / str(os.getpid())
+                heartbeat.parent.mkdir(parents=True, exist_ok=True)
+                heartbeat.touch()
+                if self.store.queued() and not self.worker_alive():
+                    log.info("runs are queued in %s and no worker is alive: starting one", self.root)
+                    self.ensure_worker()
+                said = ""
+            except Exception as e:  # keep watching; say each new problem once
+                if str(e) != said:
+                    log.warning("worker watchdog: %s", e, exc_info=not isinstance(e, KarstError))
+                said = str(e)
+            self._unwatch.wait(every_s)
 
     def submit(self, config: TrainConfig, start_worker: bool = True) -> str:
         """Queue a run and return its id; starts the worker if none is alive."""

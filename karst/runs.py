@@ -51,14 +51,30 @@ __all__ = [
     "decode_array",
     "RunRecorder",
     "alignment_gaps",
+    "channel_distance",
     "saved_epochs",
     "ACTIVE_STATES",
+    "UNREADABLE",
+    "RESUMABLE_STATES",
+    "check_status",
 ]
 
 RUN_STATES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled", "diverged", "interrupted")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A run's name labels it in plots; its note is free text shown in its details.
+META_NAME_MAX = 60
+META_NOTE_MAX = 2000
+# Run ids are ~30 characters; the cap keeps a hostile id from reaching the file system (ENAMETOOLONG).
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# What a listing shows for a run folder whose files cannot be read (never written to status.json).
+UNREADABLE = "unreadable"
+# Resume continues a run from its last saved training state (``snapshots/state_NNN.pt``).
+RESUMABLE_STATES = ("cancelled", "interrupted")
+_DAMAGED = "the run folder was damaged or edited by hand; restore the file or delete the run."
+# status.json fields that must be numbers (or null) for the queue and the views to use them.
+_STATUS_NUMBERS = ("queued_at", "started_at", "updated_at", "finished_at", "eta_s", "pid", "step", "total_steps",
+                   "epoch", "epochs", "resume_from")
 
 
 def default_runs_dir() -> Path:
@@ -99,16 +115,22 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
         raise
 
 
-def read_json(path: str | Path, default: Any = None) -> Any:
-    """Read a JSON file; ``default`` if it does not exist."""
+def read_json(path: str | Path, default: Any = None, name: str | None = None) -> Any:
+    """Read a JSON file; ``default`` if it does not exist.
+
+    Raises:
+        RunError: the file is not UTF-8 JSON; the message names it as ``name`` (default: the path).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return default
+    # Only a file damaged outside this package can get here (our writes are atomic).
+    except UnicodeDecodeError:
+        raise RunError(f"{name or path} is not UTF-8 text; {_DAMAGED}") from None
     except json.JSONDecodeError as e:
-        # Only a file damaged outside this package can get here (our writes are atomic).
-        raise RunError(f"{path} is not valid JSON ({e.msg}); the run folder was modified by hand.") from None
+        raise RunError(f"{name or path} is not valid JSON ({e.msg}); {_DAMAGED}") from None
 
 
 def read_jsonl(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
@@ -183,6 +205,20 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def still_at_path(self) -> bool:
+        """True while the held file is still the one at ``path`` (not deleted, replaced or moved away).
+
+        A lock on a deleted file excludes nobody: whoever creates the path again locks a new file.
+        """
+        if self._fd is None:
+            return False
+        try:
+            now = os.stat(self.path)
+        except OSError:  # the file or its folder is gone
+            return False
+        held = os.fstat(self._fd)  # an open file keeps its inode: it cannot be reused meanwhile
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
     def __enter__(self) -> FileLock:
         self.acquire(blocking=True)
         return self
@@ -219,6 +255,23 @@ def _new_status(now: float) -> dict[str, Any]:
         "updated_at": now,
         "finished_at": None,
     }
+
+
+def check_status(status: Any, name: str = "status.json") -> dict[str, Any]:
+    """``status`` if it is a usable status object; else RunError saying what is wrong with ``name``."""
+    if not isinstance(status, dict):
+        raise RunError(f"{name} holds a JSON {type(status).__name__}, not an object; {_DAMAGED}")
+    if status.get("status") not in RUN_STATES:
+        what = f"status {status['status']!r}" if "status" in status else "no 'status' field"
+        raise RunError(f"{name} has {what} (one of {', '.join(RUN_STATES)} expected); {_DAMAGED}")
+    for key in _STATUS_NUMBERS:
+        value = status.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number and (value is not None or key == "queued_at"):
+            raise RunError(f"{name} has {key}={value!r}, not a number; {_DAMAGED}")
+    if not isinstance(status.get("message", ""), str):
+        raise RunError(f"{name} has a message that is not text; {_DAMAGED}")
+    return status
 
 
 class RunStore:
@@ -276,7 +329,7 @@ class RunStore:
     def path(self, run_id: str) -> Path:
         """The folder of ``run_id``; raises RunError if the id is malformed or unknown."""
         if not isinstance(run_id, str) or not _SAFE_ID.match(run_id):
-            raise RunError(f"run id {run_id!r} is not a valid run id; list runs with `karst runs`.")
+            raise RunError(f"run id {run_id!r:.80} is not a valid run id; list runs with `karst runs`.")
         p = self.root / run_id
         if not (p / "config.json").is_file():
             raise RunError(f"no run {run_id!r} in {self.root}; list runs with `karst runs`.")
@@ -292,10 +345,21 @@ class RunStore:
     def read_config(self, run_id: str) -> TrainConfig:
         return TrainConfig.from_dict(read_json(self.path(run_id) / "config.json"))
 
+    @staticmethod
+    def _status_file(run_dir: Path) -> dict[str, Any] | None:
+        """status.json, checked; None while the run is being created. RunError names ``<id>/status.json``."""
+        name = f"{run_dir.name}/status.json"
+        status = read_json(run_dir / "status.json", name=name)
+        return None if status is None else check_status(status, name)
+
     def read_status(self, run_id: str) -> dict[str, Any]:
-        """The run's status, with a dead owner detected and recorded as ``interrupted``."""
+        """The run's status, with a dead owner detected and recorded as ``interrupted``.
+
+        Raises:
+            RunError: the run is unknown, or its status.json is damaged (the message says how).
+        """
         run_dir = self.path(run_id)
-        status = read_json(run_dir / "status.json")
+        status = self._status_file(run_dir)
         if status is None:
             raise RunError(f"run {run_id!r} is still being created; try again in a moment.")
         if self._owner_may_be_gone(status):
@@ -315,9 +379,10 @@ class RunStore:
             return status  # the owner is alive and working
         try:
             # Re-read under the lock: the owner may have finished between our read and the lock.
-            status = read_json(run_dir / "status.json")
-            if not self._owner_may_be_gone(status):
-                return status
+            fresh = self._status_file(run_dir)
+            if fresh is None or not self._owner_may_be_gone(fresh):
+                return fresh or status
+            status = fresh
             last = self._last_snapshot(run_dir)
             kept = f"the last snapshot (epoch {last}) is kept" if last is not None else "no snapshot was saved"
             now = time.time()
@@ -336,7 +401,7 @@ class RunStore:
     def write_status(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Update fields of status.json (atomically) and return the new status."""
         run_dir = self.path(run_id)
-        status = read_json(run_dir / "status.json") or _new_status(time.time())
+        status = self._status_file(run_dir) or _new_status(time.time())
         status.update(fields, updated_at=time.time())
         atomic_write_json(run_dir / "status.json", status)
         return status
@@ -373,31 +438,52 @@ class RunStore:
         return sorted(ids)
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first: ``{"run_id", "status", "config", "summary"}`` (dicts)."""
-        out = []
+        """Every run, newest first: ``{"run_id", "status", "config", "summary"}`` (dicts).
+
+        A folder whose files cannot be read costs only itself: it is listed last, with
+        ``status == {"status": UNREADABLE, "message": <why>}`` and ``config``/``summary`` None.
+        """
+        out, damaged = [], []
         for run_id in self.run_ids():
             try:
-                status = self.read_status(run_id)
-                config = read_json(self.root / run_id / "config.json")
-                summary = read_json(self.root / run_id / "summary.json")
-            except RunError:
-                continue  # deleted or being created while we listed
-            out.append({"run_id": run_id, "status": status, "config": config, "summary": summary})
+                out.append(self._list_row(run_id))
+            except RunError as e:
+                if (self.root / run_id / "status.json").is_file():  # else deleted while we listed
+                    damaged.append({"run_id": run_id, "status": {"status": UNREADABLE, "message": str(e)},
+                                    "config": None, "summary": None})
         out.sort(key=lambda r: (r["status"].get("queued_at") or 0, r["run_id"]), reverse=True)
-        return out
+        return out + sorted(damaged, key=lambda r: r["run_id"], reverse=True)
 
-    def queued(self) -> list[str]:
+    def _list_row(self, run_id: str) -> dict[str, Any]:
+        run_dir = self.root / run_id
+        if not (run_dir / "config.json").is_file():
+            raise RunError(f"{run_id}/config.json is missing; {_DAMAGED}")
+        row: dict[str, Any] = {"run_id": run_id, "status": self.read_status(run_id)}
+        for key in ("config", "summary"):
+            name = f"{run_id}/{key}.json"
+            row[key] = read_json(run_dir / f"{key}.json", name=name)
+            if row[key] is not None and not isinstance(row[key], dict):
+                raise RunError(f"{name} holds a JSON {type(row[key]).__name__}, not an object; {_DAMAGED}")
+        return row
+
+    def queued(self, skipped: dict[str, str] | None = None) -> list[str]:
         """Queued run ids in launch order (the order the worker starts them).
 
         Reads only status files: the worker calls this several times a second.
+
+        Args:
+            skipped: if given, filled with ``run id -> why`` for folders whose status cannot be read
+                (they are left out of the queue, and the queue goes on).
         """
         rows = []
         for run_id in self.run_ids():
             try:
-                status = read_json(self.root / run_id / "status.json")
+                status = self._status_file(self.root / run_id)
                 if status and status["status"] == "queued":
                     status = self.read_status(run_id)  # a dead foreground owner → interrupted
-            except RunError:
+            except RunError as e:
+                if skipped is not None and (self.root / run_id).is_dir():
+                    skipped[run_id] = str(e)
                 continue
             if status and status["status"] == "queued":
                 rows.append((status["queued_at"], run_id))
@@ -425,7 +511,7 @@ class RunStore:
             lock = self.claim(run_id)
             if lock is not None:  # nobody is working on it: mark it ourselves
                 try:
-                    status = read_json(run_dir / "status.json")
+                    status = self._status_file(run_dir) or status
                     if status["status"] == "queued" and not status.get("pid"):
                         message = "cancelled before it started"
                         atomic_write_json(run_dir / "summary.json", {
@@ -437,8 +523,77 @@ class RunStore:
                     lock.release()
         return status
 
+    def prepare_resume(self, run_id: str, claim: bool = False) -> tuple[int, FileLock | None]:
+        """Queue a cancelled or interrupted run again, to continue from its last saved training state.
+
+        The run keeps its id and folder; the files of its earlier end (summary, export, cancel flag)
+        are removed, and the trainer rewinds metrics and snapshots to the resumed epoch.
+
+        Args:
+            run_id: the run.
+            claim: keep the run for this process (a foreground ``karst resume``); else a worker takes it.
+
+        Returns:
+            (the epoch it resumes from, 0 if no training state was saved: it starts over; the held
+            run lock if ``claim``).
+
+        Raises:
+            RunError: the run is not cancelled or interrupted, or another process is working on it.
+        """
+        run_dir = self.path(run_id)
+        _check_resumable(run_id, self.read_status(run_id))
+        lock = self.claim(run_id)
+        if lock is None:
+            raise RunError(f"run {run_id} is being worked on by another process; wait until it stops, then resume it.")
+        try:
+            status = self._status_file(run_dir)
+            _check_resumable(run_id, status)  # again, under the lock
+            states = saved_epochs(run_dir, "state")
+            epoch = states[-1] if states else 0
+            for name in ("cancel", "summary.json", "error.log", "adapter.safetensors", "merged.safetensors",
+                         "merged.json"):
+                (run_dir / name).unlink(missing_ok=True)
+            now = time.time()
+            status.update(status="queued", message=f"queued to resume from epoch {epoch}", resume_from=epoch,
+                          pid=os.getpid() if claim else None, eta_s=None, queued_at=now, updated_at=now,
+                          started_at=None, finished_at=None)
+            atomic_write_json(run_dir / "status.json", status)
+        except BaseException:
+            lock.release()
+            raise
+        if not claim:
+            lock.release()
+            return epoch, None
+        return epoch, lock
+
     def cancel_requested(self, run_id: str) -> bool:
         return (self.path(run_id) / "cancel").exists()
+
+    def read_meta(self, run_id: str) -> dict[str, str]:
+        """The name and note a user gave the run (``meta.json``): ``{"name": str, "note": str}``."""
+        data = read_json(self.path(run_id) / "meta.json")
+        data = data if isinstance(data, dict) else {}
+        return {key: data[key] if isinstance(data.get(key), str) else "" for key in ("name", "note")}
+
+    def write_meta(self, run_id: str, name: str | None = None, note: str | None = None) -> dict[str, str]:
+        """Set the run's name and/or note (None keeps the current one; "" clears it); returns both.
+
+        They label the run in every view; the settings and results of the run are not touched.
+        """
+        meta = self.read_meta(run_id)
+        for key, value, limit in (("name", name, META_NAME_MAX), ("note", note, META_NOTE_MAX)):
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise RunError(f"a run {key} must be text, got {type(value).__name__}.")
+            # One line for a name, no control characters anywhere: both end up in labels and tables.
+            text = " ".join(value.split()) if key == "name" else value.strip()
+            text = "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
+            if len(text) > limit:
+                raise RunError(f"a run {key} of {len(text)} characters is too long; keep it under {limit}.")
+            meta[key] = text
+        atomic_write_json(self.path(run_id) / "meta.json", meta)
+        return meta
 
     def delete(self, run_id: str) -> None:
         """Delete a run folder; refuses while a process is working on it."""
@@ -447,7 +602,10 @@ class RunStore:
         if lock is None:
             raise RunError(f"run {run_id!r} is running; cancel it first, then delete it.")
         try:
-            status = read_json(run_dir / "status.json") or {}
+            try:  # a damaged run can be deleted too
+                status = self._status_file(run_dir) or {}
+            except RunError:
+                status = {}
             if status.get("status") == "queued" and status.get("pid") and _pid_alive(status["pid"]):
                 raise RunError(f"run {run_id!r} is waiting to start; cancel it first, then delete it.")
             # Rename first so readers never see a half-deleted folder under the real id.
@@ -458,14 +616,27 @@ class RunStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def saved_epochs(run_dir: str | Path, kind: Literal["epoch", "stats"] = "epoch") -> list[int]:
+def _check_resumable(run_id: str, status: dict[str, Any] | None) -> None:
+    state = (status or {}).get("status")
+    if state in RESUMABLE_STATES:
+        return
+    if state in ACTIVE_STATES:
+        raise RunError(f"run {run_id} is {state}; there is nothing to resume.")
+    why = ": it has its final weights already" if state == "completed" else ""
+    raise RunError(f"run {run_id} is {state}{why}; only a cancelled or interrupted run can be resumed.")
+
+
+_SNAPSHOT_SUFFIX = {"epoch": ".safetensors", "stats": ".json", "state": ".pt"}
+
+
+def saved_epochs(run_dir: str | Path, kind: Literal["epoch", "stats", "state"] = "epoch") -> list[int]:
     """Epochs with a snapshot of ``kind`` in ``run_dir`` (0 = before training), ascending.
 
     ``"epoch"``: adapter tensors (``epoch_NNN.safetensors``); ``"stats"``: feature statistics
-    (``stats_NNN.json``).
+    (``stats_NNN.json``); ``"state"``: the training state to resume from (``state_NNN.pt``).
     """
     folder = Path(run_dir) / "snapshots"
-    prefix, suffix = (f"{kind}_", ".safetensors" if kind == "epoch" else ".json")
+    prefix, suffix = f"{kind}_", _SNAPSHOT_SUFFIX[kind]
     if not folder.is_dir():
         return []
     out = []
@@ -496,6 +667,7 @@ class RunRecorder:
         self.status_interval_s = status_interval_s
         self._last_status = 0.0
         self._metrics = None
+        self._reference: dict[str, dict[str, np.ndarray]] | None = None
         (self.run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         if not (self.run_dir / "config.json").is_file():
             atomic_write_json(self.run_dir / "config.json", config.to_dict())
@@ -521,8 +693,31 @@ class RunRecorder:
                      epochs=self.config.epochs)
 
     def on_start(self, info: dict[str, Any]) -> None:
-        self._status(status="running", message="training", device=info["device"], step=0,
-                     total_steps=info["total_steps"], epoch=0, epochs=info["epochs"])
+        self._status(status="running", message="training", device=info["device"], step=info.get("step", 0),
+                     total_steps=info["total_steps"], epoch=info.get("epoch", 0), epochs=info["epochs"])
+
+    def on_resume(self, epoch: int, step: int) -> None:
+        """Rewind the folder to the end of ``epoch`` (0: to nothing): the resumed run appends after it."""
+        folder = self.run_dir / "snapshots"
+        for kind in ("epoch", "stats"):
+            for old in saved_epochs(self.run_dir, kind):
+                if old > epoch or epoch == 0:  # epoch 0 is written again by a run that starts over
+                    (folder / f"{kind}_{old:03d}{_SNAPSHOT_SUFFIX[kind]}").unlink(missing_ok=True)
+        gaps = read_json(folder / "gaps.json")
+        if gaps is not None:
+            keep = [i for i, e in enumerate(gaps["epochs"]) if epoch > 0 and e <= epoch]
+            gaps["layers"] = {name: {k: [v[i] for i in keep] for k, v in row.items()}
+                              for name, row in gaps["layers"].items()}
+            gaps["epochs"] = [gaps["epochs"][i] for i in keep]
+            atomic_write_json(folder / "gaps.json", gaps)
+        records, _ = read_jsonl(self.run_dir / "metrics.jsonl")
+        kept = [r for r in records if (r.get("type") == "step" and r.get("step", 0) <= step)
+                or (r.get("type") == "epoch" and r.get("epoch", 0) <= epoch)]
+        # A new file (temp + rename): a reader polling by byte offset notices the change of file.
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.jsonl.", suffix=".tmp", dir=self.run_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        publish(tmp, self.run_dir / "metrics.jsonl")
 
     def on_step(self, record: dict[str, Any], progress: Any) -> None:
         self._append(record)
@@ -545,22 +740,39 @@ class RunRecorder:
             for old in saved_epochs(self.run_dir, "epoch"):
                 if old < epoch:
                     (folder / f"epoch_{old:03d}.safetensors").unlink(missing_ok=True)
+        reference = self._reference_layers()
         layers = {}
         for name, entry in stats.items():
             layers[name] = {key: encode_array(value) for key, value in entry.items()}
             layers[name]["channels"] = int(len(entry["out_mean"]))
-            layers[name].update(alignment_gaps(entry))
+            layers[name].update(alignment_gaps(entry, reference.get(name)))
         atomic_write_json(folder / f"stats_{epoch:03d}.json",
                           {"epoch": epoch, "encoding": "float16-base64", "layers": layers})
         if layers:
             # The gap curves over epochs, kept small so a view need not parse every stats file.
             gaps = read_json(folder / "gaps.json") or {"epochs": [], "layers": {}}
+            gaps["reference"] = (read_json(folder / "reference.json") or {}).get("source")
             gaps["epochs"].append(epoch)
             for name, entry in layers.items():
                 row = gaps["layers"].setdefault(name, {"pre": [], "out": []})
-                row["pre"].append(entry["gap_pre"])
+                row["pre"].append(entry.get("gap_pre"))
                 row["out"].append(entry["gap_out"])
             atomic_write_json(folder / "gaps.json", gaps)
+
+    def on_reference(self, reference: dict[str, Any]) -> None:
+        """Write ``snapshots/reference.json``: the statistics the alignment gaps are measured against."""
+        layers = {name: {key: encode_array(value) for key, value in entry.items()}
+                  for name, entry in reference["layers"].items()}
+        atomic_write_json(self.run_dir / "snapshots" / "reference.json",
+                          {**reference, "encoding": "float16-base64", "layers": layers})
+        self._reference = None  # re-read, so gaps use the stored (float16) values like every reader
+
+    def _reference_layers(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._reference is None:
+            data = read_json(self.run_dir / "snapshots" / "reference.json") or {"layers": {}}
+            self._reference = {name: {k: decode_array(v) for k, v in entry.items()}
+                               for name, entry in data["layers"].items()}
+        return self._reference
 
     def on_test(self, record: dict[str, Any]) -> None:
         self._append(record)
@@ -576,15 +788,22 @@ class RunRecorder:
                      epoch=summary.get("epochs_done", 0), step=summary.get("steps", 0))
 
 
-def alignment_gaps(entry: dict[str, np.ndarray]) -> dict[str, float]:
-    """How far the adapted outputs' statistics are from the pre-trained ones, scale-free.
+def channel_distance(mean: np.ndarray, std: np.ndarray, ref_mean: np.ndarray, ref_std: np.ndarray) -> np.ndarray:
+    """Per channel ``(|μ − μ_ref| + |σ − σ_ref|) / mean_c(σ_ref)``: 0 is the reference's distribution,
+    1 is off by one typical standard deviation of the reference."""
+    scale = float(np.mean(ref_std)) + 1e-8
+    return (np.abs(np.asarray(mean) - ref_mean) + np.abs(np.asarray(std) - ref_std)) / scale
 
-    ``gap_X = mean_c(|μ_X − μ_base| + |σ_X − σ_base|) / mean_c(σ_base)`` for X in {pre, out}:
-    0 means the same per-channel distribution as W0x+b0; 1 means off by one typical std.
+
+def alignment_gaps(entry: dict[str, np.ndarray], reference: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """How far a layer's output statistics are from the reference, scale-free (mean of
+    :func:`channel_distance` over channels), for each output the entry has (``gap_pre``, ``gap_out``).
+
+    ``reference`` is ``{"mean", "std"}`` (see ``karst.stats.reference_stats``); without one the
+    entry's own frozen output (``base``) is used.
     """
-    scale = float(np.mean(entry["base_std"])) + 1e-8
-    gaps = {}
-    for key in ("pre", "out"):
-        d = np.abs(entry[f"{key}_mean"] - entry["base_mean"]) + np.abs(entry[f"{key}_std"] - entry["base_std"])
-        gaps[f"gap_{key}"] = float(np.mean(d) / scale)
-    return gaps
+    if reference is None:
+        reference = {"mean": entry.get("base_mean", entry["out_mean"]), "std": entry.get("base_std", entry["out_std"])}
+    return {f"gap_{key}": float(np.mean(channel_distance(entry[f"{key}_mean"], entry[f"{key}_std"],
+                                                         reference["mean"], reference["std"])))
+            for key in ("pre", "out") if f"{key}_mean" in entry}

@@ -7,8 +7,9 @@ and tests at the end. With a ``run_dir`` it also records the run folder and expo
 without one it is a notebook call. ``config.tensorboard`` / ``config.mlflow`` add those loggers.
 
 Snapshots: epoch 0 (before training) and after every epoch, the trainable tensors plus
-per-channel feature statistics of every KARST layer on a fixed probe batch (the first
-``probe_size`` validation images), from which ``karst.inspect`` draws its views.
+per-channel feature statistics of every adapted layer on a fixed probe batch (the first
+``probe_size`` validation images), from which ``karst.inspect`` draws its views; before training,
+also the reference statistics alignment is measured against (``karst.stats.reference_stats``).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .backbones import load_backbone
 from .callbacks import Callback, Progress, TrainResult
+from .checkpoint import StateSaver, load_state, restore_train_state, train_state
 from .config import TrainConfig
 from .data import load_dataset
 from .device import autocast, describe_device, resolve_device
-from .errors import DataError, KarstError
+from .errors import DataError, KarstError, RunError
 from .export import RunExporter
 from .loggers import MLflowLogger, TensorBoardLogger
 from .methods import build_method
 from .model import karst_layers
 from .runs import RunRecorder
-from .stats import feature_stats
+from .stats import feature_stats, reference_stats
 
 __all__ = ["train", "Trainer", "Callback", "Progress", "TrainResult", "feature_stats", "snapshot_tensors",
            "seed_everything"]
@@ -110,8 +112,8 @@ class _Snapshots:
     """Epoch snapshots: trainable tensors and probe statistics, handed to ``on_snapshot``.
 
     Epoch 0 (the model before training) is taken after the first step, from a copy, so the first
-    point of the loss curve is not kept waiting by the probe pass. Without KARST layers there are no
-    statistics and it is written at once.
+    point of the loss curve is not kept waiting by the probe pass. Without KARST layers it is
+    written at once.
     """
 
     def __init__(self, trainer: Trainer):
@@ -125,7 +127,9 @@ class _Snapshots:
             "train_config": json.dumps(config.to_dict()),
         }
         self._initial: dict[str, Any] | None = None
-        if self.meta["karst_layers"]:
+        if trainer.start_epoch > 0:
+            pass  # a resumed run: epoch 0 was written before it stopped
+        elif self.meta["karst_layers"]:
             t0 = time.perf_counter()
             self._initial = {"model": copy.deepcopy(trainer.model), "tensors": snapshot_tensors(trainer.method)}
             self.seconds += time.perf_counter() - t0
@@ -134,7 +138,12 @@ class _Snapshots:
 
     def take(self, epoch: int, source: nn.Module | None = None, tensors: dict | None = None) -> None:
         t0 = time.perf_counter()
-        stats = feature_stats(source or self.t.model, self.t.probe, self.t.device)
+        model, config = source or self.t.model, self.t.config
+        targets = config.method.adapter.target_modules
+        stats = feature_stats(model, self.t.probe, self.t.device, targets=targets)
+        if epoch == 0:  # the model is still the frozen one: its statistics are the reference
+            self.t.emit("on_reference", reference_stats(model, stats, self.t.result.backbone, config.pretrained,
+                                                        self.t.device, targets))
         tensors = tensors if tensors is not None else snapshot_tensors(self.t.method)
         self.t.emit("on_snapshot", epoch, tensors, stats, {**self.meta, "epoch": str(epoch)})
         self.seconds += time.perf_counter() - t0
@@ -153,14 +162,19 @@ class Trainer:
         callbacks: event receivers, called in order.
         cancel_check: called before every step and before testing; True stops the run as ``cancelled``.
         run_id: the run folder's name, if any (recorded in the summary).
+        resume: a training state to continue from (``karst.checkpoint.load_state``); ``{"epoch": 0}``
+            starts a resumed run over.
     """
 
     def __init__(self, config: TrainConfig, callbacks: Iterable[Callback] = (),
-                 cancel_check: Callable[[], bool] | None = None, run_id: str | None = None):
+                 cancel_check: Callable[[], bool] | None = None, run_id: str | None = None,
+                 resume: dict[str, Any] | None = None):
         self.config = config
         self.callbacks = list(callbacks)
         self.cancel_check = cancel_check or (lambda: False)
-        self.step = 0
+        self.resume = resume
+        self.step = self.start_step = self.start_epoch = 0
+        self.state_seconds = 0.0
         self.summary: dict[str, Any] = {
             "run_id": run_id, "status": "failed", "message": "", "method": config.method.name,
             "backbone": config.backbone, "dataset": config.dataset, "val_acc": None, "test_acc": None,
@@ -196,8 +210,18 @@ class Trainer:
         self.result = TrainResult(method=self.method, backbone=backbone, class_names=list(bundle.class_names))
         self._loaders(bundle)
         self._optimiser()
+        if self.resume is not None:
+            self._restore()
         self._start(bundle)
         return self.result
+
+    def _restore(self) -> None:
+        """Continue after the epoch of ``self.resume``: weights, optimiser, schedule and generators as they were."""
+        if "trainable" in self.resume:  # else no state was saved: the run starts over
+            restore_train_state(self, self.resume)
+        self.start_epoch, self.start_step = self.resume["epoch"], self.step
+        self.summary["resumed_from"] = self.start_epoch
+        self.emit("on_resume", self.start_epoch, self.step)
 
     def _loaders(self, bundle: Any) -> None:
         config = self.config
@@ -234,19 +258,19 @@ class Trainer:
         counts = self.method.param_count()
         names = self.result.class_names
         self.summary.update(trainable_params=counts.trainable, adapter_params=counts.adapter, head_params=counts.head,
-                            total_params=counts.total, num_classes=len(names),
+                            total_params=counts.total, num_classes=len(names), train_images=len(self.train_set),
                             skipped_files=getattr(bundle, "skipped", 0))
         self.emit("on_start", {
             "device": self.summary["device"], "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch, "epochs": self.config.epochs, "params": counts.to_dict(),
             "class_names": names, "train_size": len(self.train_set), "val_size": len(bundle.val),
-            "test_size": len(bundle.test),
+            "test_size": len(bundle.test), "step": self.step, "epoch": self.start_epoch,
         })
 
     # -- training ---------------------------------------------------------------------------------
     def _progress(self, epochs_done: int) -> Progress:
         elapsed = time.perf_counter() - self.t_train
-        eta = elapsed / max(self.step, 1) * (self.total_steps - self.step)
+        eta = elapsed / max(self.step - self.start_step, 1) * (self.total_steps - self.step)
         return Progress(self.step, self.total_steps, epochs_done, self.config.epochs, elapsed, eta)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -312,11 +336,19 @@ class Trainer:
         self.t_train = time.perf_counter()
         self.snapshots = _Snapshots(self)
         self.model.train()
-        for epoch in range(self.config.epochs):
+        for epoch in range(self.start_epoch, self.config.epochs):
             train_loss, train_acc = self._train_epoch(epoch)
             self._validate(epoch, train_loss, train_acc)
             if self._evaluates(epoch):
                 self.snapshots.take(epoch + 1)
+            self._save_state(epoch + 1)
+
+    def _save_state(self, epoch: int) -> None:
+        """Hand the state to resume from to the callbacks (last in the epoch: every generator has moved)."""
+        if self.config.save_state:
+            t0 = time.perf_counter()
+            self.emit("on_train_state", epoch, train_state(self, epoch))
+            self.state_seconds += time.perf_counter() - t0
 
     def test(self) -> None:
         if self.cancel_check():  # a Stop pressed during the last validation is honoured
@@ -344,6 +376,7 @@ class Trainer:
         total = time.perf_counter() - t_start
         self.summary.update(steps=self.step, train_seconds=round(time.perf_counter() - self.t_train, 3),
                             snapshot_seconds=round(self.snapshots.seconds, 3),
+                            state_seconds=round(self.state_seconds, 3),
                             snapshot_pct=round(100.0 * self.snapshots.seconds / max(total, 1e-9), 2), pid=os.getpid())
         return self.result
 
@@ -354,6 +387,8 @@ def _run_callbacks(config: TrainConfig, run_dir: Path | None) -> list[Callback]:
     if run_dir is not None:
         # The exporter runs before the recorder at the end, so summary.json lists the exported files.
         out += [RunExporter(run_dir), RunRecorder(run_dir, config)]
+        if config.save_state:
+            out.append(StateSaver(run_dir))
     if config.tensorboard:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = run_dir / "tensorboard" if run_dir is not None else Path("tensorboard") / stamp
@@ -369,6 +404,7 @@ def train(
     run_dir: str | Path | None = None,
     callbacks: Iterable[Callback] = (),
     cancel_check: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``config.backbone`` on ``config.dataset`` with ``config.method``.
 
@@ -379,6 +415,8 @@ def train(
         callbacks: extra event receivers (progress bars, UIs).
         cancel_check: called before every step; True stops the run as ``cancelled``. Defaults to
             "a ``cancel`` file exists in ``run_dir``" when a run folder is given.
+        resume: continue the run in ``run_dir`` after its last saved training state (from the
+            start if it saved none); its metrics and snapshots are rewound to that epoch first.
 
     Returns:
         The summary dict (``status`` is completed, cancelled, diverged or failed).
@@ -395,6 +433,10 @@ def train(
     result: TrainResult | None = None
     try:
         trainer.callbacks = [*_run_callbacks(config, run_dir), *callbacks]
+        if resume:
+            if run_dir is None:
+                raise RunError("resume=True needs the run folder (run_dir) to resume from.")
+            trainer.resume = load_state(run_dir) or {"epoch": 0}
         result = trainer.run()
     except KarstError as e:
         trainer.summary.update(status="failed", message=str(e))

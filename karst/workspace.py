@@ -16,19 +16,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
 
 from . import inspect as kinspect
 from ._cache import LRU
 from .backbones import list_backbones
+from .cluster import check_worker, prepare_ray, ray_address, worker_args
 from .data import list_datasets, load_dataset
-from .errors import ConfigError, DataError, RunError
+from .device import resolve_device
+from .errors import ConfigError, DataError, KarstError, RunError
+from .estimate import RunEstimate, estimate_run
 from .export import Predictor, export_run
 from .images import open_image
 from .jobs import JobManager
-from .preflight import Preflight, SettingsReport
+from .preflight import Preflight, Roots, SettingsReport, dataset_allowed
 from .runs import ACTIVE_STATES, RunStore
-from .runview import MetricsTail, RunView, compare_rows, default_run, run_choices, run_signature, runs_signature
+from .runview import (
+    MetricsTail,
+    RunView,
+    compare_rows,
+    default_run,
+    related_runs,
+    run_choices,
+    run_colors,
+    run_details,
+    run_labels,
+    run_signature,
+    runs_signature,
+)
+from .sweep import list_sweeps, read_sweep, render_markdown, sweep_points
 
 __all__ = ["Workspace", "Prediction", "ModelSource"]
 
@@ -44,6 +61,17 @@ class Prediction:
     probs: list[float]
 
 
+def _publish_copy(src: Path, dst: Path) -> Path:
+    """``dst`` becomes a hard link to (else a copy of) ``src``, replaced atomically."""
+    tmp = dst.with_name(f".{dst.name}.{threading.get_ident()}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:  # another file system, or links not supported
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
 def _image_name(item: Any, i: int) -> str:
     if isinstance(item, (str, Path)):
         return Path(item).name
@@ -56,18 +84,31 @@ class Workspace:
     Args:
         runs_dir: the runs directory the engine's worker serves.
         upload_dir: the private folder of uploads (uploaded models are only accepted from here).
-        start_worker: start the engine's worker now (the app does; pure-UI tests may not).
+        start_worker: start the engine's worker now, and a watchdog thread that attaches to the runs
+            directory and restarts the worker when runs are queued and it died (the app does; pure-UI
+            tests may not). :meth:`close` stops the watchdog.
+        data_roots: folders that server paths (dataset folders, weight files) must be under, and
+            that example images may come from; None allows any path (a notebook), ``()`` none.
+        ray: the ``--ray`` flag's value: None trains here; an address (or "" for ``$RAY_ADDRESS``)
+            makes the runs directory's worker a ``karst worker --ray`` that sends every launch to
+            that Ray cluster (``karst.ray_backend``). An unreachable cluster is a ConfigError here.
     """
 
-    def __init__(self, runs_dir: str | Path, upload_dir: str | Path, start_worker: bool = True):
+    def __init__(self, runs_dir: str | Path, upload_dir: str | Path, start_worker: bool = True,
+                 data_roots: Roots = None, ray: str | None = None):
+        self.ray = ray_address(ray)
+        if start_worker and self.ray:
+            prepare_ray(self.ray)  # an unreachable cluster: one line, before anything is created
         self.runs_dir = Path(runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.upload_dir = Path(upload_dir).resolve()
         self.store = RunStore(self.runs_dir)
-        self.jobs = JobManager(self.runs_dir)
+        self.jobs = JobManager(self.runs_dir, worker_args=worker_args(self.ray) if self.ray else ())
         if start_worker:
             self.jobs.ensure_worker()
-        self.preflight = Preflight()
+            check_worker(self.runs_dir, self.ray)
+            self.jobs.start_watchdog()
+        self.preflight = Preflight(data_roots, self.upload_dir)
         self.tail = MetricsTail(self.store)
         self._lock = threading.Lock()
         self._models = LRU(2)  # predictor key -> loaded predictor
@@ -96,12 +137,23 @@ class Workspace:
         """Validate a :class:`~karst.preflight.SetupForm` and count parameters (never raises for bad input)."""
         return self.preflight.check(form)
 
+    def estimate(self, form: Any) -> RunEstimate | None:
+        """Steps, estimated time and warnings for valid settings (:func:`karst.estimate.estimate_run`);
+        None when the settings are not valid (:meth:`check` says why)."""
+        try:
+            config = self.preflight.config(form)
+            device = resolve_device(config.device).type
+        except KarstError:
+            return None
+        sizes = next((d.get("sizes") for d in list_datasets() if d["name"] == config.dataset), None)
+        return estimate_run(config, sizes, self.store.list_runs(), device)
+
     def launch(self, form: Any) -> str:
         """Queue a run in the engine's worker and return its id (raises KarstError if invalid)."""
         report = self.check(form)
         if not report.ok:
             raise ConfigError(report.message, field=report.field)
-        return self.jobs.submit(form.to_train_config())
+        return self.jobs.submit(self.preflight.config(form))
 
     def stop(self, run_id: str | None) -> str:
         """Ask a run to stop; says what happened in one line."""
@@ -114,6 +166,28 @@ class Workspace:
         if after == "cancelled":
             return f"Stop requested for {run_id}: cancelled before it started."
         return f"Stop requested for {run_id}; it ends within one training step."
+
+    def resume(self, run_id: str | None) -> str:
+        """Queue a cancelled or interrupted run to continue from its last epoch; says what happened in one line."""
+        if not run_id:
+            raise RunError("no run selected; pick a cancelled or interrupted run in the list first.")
+        epoch, _ = self.store.prepare_resume(run_id)
+        self.jobs.ensure_worker()
+        where = f"from epoch {epoch}" if epoch else "from the start (it saved no training state)"
+        return f"Resuming {run_id} {where}: queued."
+
+    def close(self) -> None:
+        """Detach from the runs directory (stop the watchdog); the worker finishes what is queued."""
+        self.jobs.stop_watchdog()
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """The sweeps of this runs directory (``karst sweep``), newest first: their ``sweep.json`` documents."""
+        return list_sweeps(self.runs_dir)
+
+    def sweep_view(self, sweep_id: str) -> tuple[str, list[dict[str, Any]]]:
+        """One sweep's table (Markdown, as ``sweep.md``) and its accuracy-vs-parameters points."""
+        doc = read_sweep(sweep_id, self.runs_dir)
+        return render_markdown(doc), sweep_points(doc)
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, as dicts with id, status, config and summary."""
@@ -143,38 +217,139 @@ class Workspace:
 
     # -- inspection ------------------------------------------------------------------------------
     def inspect_options(self, run_id: str, stats: bool = False) -> tuple[list[str], list[int], int]:
-        """KARST layer names, saved epochs and N of a run.
+        """Layer names, saved epochs and N of a run.
 
         Args:
-            stats: list the epochs with feature statistics (alignment view) instead of the epochs
-                with adapter tensors (kernel view).
+            stats: the layers and epochs with feature statistics (alignment view: every method's
+                adapted layers) instead of the KARST layers and epochs with adapter tensors (kernel view).
         """
         folder = self.store.path(run_id)
-        saved = self.store.snapshot_epochs(run_id) if stats else kinspect.epochs(folder)
-        return kinspect.layers(folder), saved, self.store.read_config(run_id).method.adapter.n_kernels
+        config = self.store.read_config(run_id)
+        if stats:
+            names, saved = kinspect.alignment_layers(folder), self.store.snapshot_epochs(run_id)
+        elif config.method.name == "lora":
+            return kinspect.lora_layers(folder), kinspect.epochs(folder), 1
+        else:
+            names, saved = kinspect.layers(folder), kinspect.epochs(folder)
+        return names, saved, config.method.adapter.n_kernels
 
-    def kernel_view(self, run_id: str, layer: str, kernel: int, epoch: int) -> dict[str, Any]:
-        return kinspect.kernel_view(self.store.path(run_id), layer, kernel, epoch)
+    def kernel_view(self, run_id: str, layer: str, kernel: int, epoch: int, since: int | None = None,
+                    fixed_scale: bool = False) -> dict[str, Any]:
+        """The update of one layer at one epoch: a KARST kernel (:func:`karst.inspect.kernel_view`, with
+        the newest trained LoRA run of the same backbone and dataset as ``trained_lora``) or a LoRA
+        run's own B A (:func:`karst.inspect.lora_view`); ``method`` says which. ``fixed_scale`` adds
+        ``bounds``: one colour scale per matrix for every epoch."""
+        folder = self.store.path(run_id)
+        if self.store.read_config(run_id).method.name == "lora":
+            view = {**kinspect.lora_view(folder, layer, epoch, since), "method": "lora"}
+            if fixed_scale:
+                views = [kinspect.lora_view(folder, layer, e, since) for e in kinspect.epochs(folder)]
+                view["bounds"] = {k: max(float(np.abs(v[k]).max()) for v in views) for k in ("A", "B", "delta")}
+            return view
+        view = {**kinspect.kernel_view(folder, layer, kernel, epoch, since), "method": "karst",
+                "trained_lora": self._trained_lora(run_id, layer)}
+        if fixed_scale:
+            view["bounds"] = kinspect.kernel_bounds(folder, layer, kernel, since)
+        return view
+
+    def _trained_lora(self, run_id: str, layer: str) -> dict[str, Any] | None:
+        """The newest completed LoRA run of this backbone and dataset that adapted ``layer``: its label,
+        singular values and cumulative energy at its last epoch."""
+        for other in related_runs(self.store, run_id, limit=50)[1:]:
+            if self.store.read_config(other).method.name != "lora":
+                continue
+            if self.store.read_status(other).get("status") != "completed":
+                continue
+            folder = self.store.path(other)
+            if layer in kinspect.lora_layers(folder):
+                view = kinspect.lora_view(folder, layer)
+                label = run_labels(self.store, [run_id, other])[other]
+                return {"run": other, "label": label, "color": self.run_colors().get(other), "sv": view["sv"],
+                        "energy": view["energy"]}
+        return None
 
     def alignment_view(self, run_id: str, layer: str, epoch: int) -> dict[str, Any]:
         return kinspect.alignment_view(self.store.path(run_id), layer, epoch)
+
+    def alignment_table(self, run_id: str, epoch: int | None = None) -> list[dict[str, Any]]:
+        return kinspect.alignment_table(self.store.path(run_id), epoch)
+
+    def alignment_runs(self, run_id: str, layer: str, limit: int = 8) -> list[dict[str, Any]]:
+        """The gap history of ``layer`` (:func:`karst.inspect.gap_history`) in ``run_id`` and the newest
+        other runs of its backbone and dataset that recorded it, each with its ``run``, ``label``
+        (telling the runs apart) and ``color``."""
+        ids = related_runs(self.store, run_id, limit)
+        labels, colors = run_labels(self.store, ids), self.run_colors()
+        out = []
+        for other in ids:
+            try:
+                history = kinspect.gap_history(self.store.path(other), layer)
+            except RunError:  # no statistics for this layer (another method's targets, no epoch 0)
+                continue
+            if history["epochs"]:
+                out.append({"run": other, "label": labels[other], "color": colors.get(other), **history})
+        return out
+
+    # -- labels, colours, names ------------------------------------------------------------------
+    def run_colors(self) -> dict[str, str]:
+        """Every run's colour (:func:`karst.runview.run_colors` over the whole runs directory)."""
+        return run_colors(self.store.run_ids())
+
+    def run_labels(self, run_ids: list[str]) -> dict[str, str]:
+        """Labels that tell these runs apart (:func:`karst.runview.distinguishing_labels`)."""
+        return run_labels(self.store, run_ids)
+
+    def run_details(self, run_id: str) -> list[tuple[str, str]]:
+        """Status, results and settings of a run as readable (field, value) rows."""
+        return run_details(self.store, run_id)
+
+    def run_meta(self, run_id: str) -> dict[str, str]:
+        return self.store.read_meta(run_id)
+
+    def set_run_meta(self, run_id: str | None, name: str | None, note: str | None) -> dict[str, str]:
+        """Name and annotate a run (see :meth:`karst.runs.RunStore.write_meta`)."""
+        if not run_id:
+            raise RunError("no run selected; pick a run in the list first.")
+        return self.store.write_meta(run_id, name=name, note=note)
+
+    def delete(self, run_id: str | None) -> str:
+        """Delete a run folder that is not queued or running; says what happened in one line."""
+        if not run_id:
+            raise RunError("no run selected; pick a run in the list first.")
+        try:
+            state = self.store.read_status(run_id).get("status")
+        except RunError:
+            if not self.store.exists(run_id):
+                raise
+            state = None  # a damaged status.json: the run can still be deleted (store.delete checks its lock)
+        if state in ACTIVE_STATES:
+            raise RunError(f"run {run_id} is {state}; stop it first, then delete it.")
+        self.store.delete(run_id)
+        return f"Deleted run {run_id}."
 
     # -- export and predict ----------------------------------------------------------------------
     def downloads(self, run_id: str) -> tuple[Path, Path, Path]:
         """Merged weights, merged config and adapter file of a run that ended (exported on demand).
 
         Cancelled and interrupted runs export from their newest snapshot, so nothing trained is lost.
+        The files are copies (hard links where possible) named after the run, in a folder of their
+        own under the upload folder: a front end serves them without serving the runs directory.
         """
         folder = self.store.path(run_id)
         state = self.store.read_status(run_id).get("status")
         if state in ACTIVE_STATES:
             raise RunError(f"run {run_id} is still {state}; its files can be downloaded once it ends.")
-        merged, card = folder / "merged.safetensors", folder / "merged.json"
-        if not (merged.is_file() and card.is_file()):
-            export_run(folder)
         adapter = self.store.last_checkpoint(run_id)
         if adapter is None:
             raise RunError(f"run {run_id} saved no weights; it stopped before its first snapshot.")
+        merged, card = folder / "merged.safetensors", folder / "merged.json"
+        # A merged file older than the newest weights (a run resumed since) would not match them.
+        if not (merged.is_file() and card.is_file()) or merged.stat().st_mtime < adapter.stat().st_mtime:
+            export_run(folder)
+        out = self.upload_dir / "downloads" / run_id
+        out.mkdir(parents=True, exist_ok=True)
+        files = ((merged, "merged.safetensors"), (card, "merged.json"), (adapter, "adapter.safetensors"))
+        merged, card, adapter = (_publish_copy(src, out / f"{run_id}-{name}") for src, name in files)
         return merged, card, adapter
 
     def _predictor(self, source: ModelSource, run_id: str | None, model_files: Sequence[str] | None) -> Predictor:
@@ -233,8 +408,8 @@ class Workspace:
     def example_images(self, run_id: str | None, dataset: str | None = None, n: int = 8) -> list[Image.Image]:
         """A few images of the run's dataset (or ``dataset``) to predict on with one click (cached)."""
         spec = self.store.read_config(run_id).dataset if run_id else dataset
-        if not spec:
-            return []
+        if not spec or not dataset_allowed(spec, self.preflight.roots, self.upload_dir):
+            return []  # e.g. a CLI run on a folder outside the data roots: its images are not served
         with self._lock:
             cached = self._examples.get(spec)
         if cached is None:

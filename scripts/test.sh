@@ -10,6 +10,7 @@ if [ ! -x "$PY" ]; then
 fi
 "$PY" -m pip install -q -r requirements-dev.txt
 "$PY" -m pip install -q -r requirements-loggers.txt  # optional loggers: their tests read back what they wrote
+"$PY" -m pip install -q -r requirements-ray.txt  # optional Ray backend: tests/test_ray.py runs a 2-node cluster
 # The browser tests drive Debian's chromium (Playwright's own browser download needs a network).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

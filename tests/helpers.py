@@ -213,14 +213,18 @@ class AppHandle:
 
     def close(self) -> None:
         self.demo.close()
+        self.runner.close()
         self.runner.jobs.stop_worker()
 
 
-def start_app(runs_dir: Path) -> AppHandle:
-    """Launch on 127.0.0.1, a free port, a fresh runs directory, without blocking."""
+def start_app(runs_dir: Path, **options: Any) -> AppHandle:
+    """Launch on 127.0.0.1, a free port, a fresh runs directory, without blocking.
+
+    ``options`` are other ``app.AppOptions`` fields (``data_roots``, ``auth``...).
+    """
     from app import AppOptions, launch  # local: only the app tests pay for gradio
 
-    demo, runner, url = launch(AppOptions(runs_dir=runs_dir), prevent_thread_lock=True)
+    demo, runner, url = launch(AppOptions(runs_dir=runs_dir, **options), prevent_thread_lock=True)
     return AppHandle(demo, runner, url)
 
 

@@ -94,7 +94,8 @@ def karst_run(client: Client, server: AppHandle, lora_run: dict[str, Any]) -> di
     latencies = {}
     for key, api_name, args in (("check", "/check_settings", form_values(fast_form(rank=4))),
                                 ("compare", "/compare_table", ([],)), ("list", "/list_runs", (run_id,)),
-                                ("watch", "/watch", (run_id,)), ("kernels", "/kernel_view", (run_id, None))):
+                                ("watch", "/watch", (run_id,)),
+                                ("kernels", "/kernel_view", (run_id, None, False, False))):
         t = time.monotonic()
         client.predict(*args, api_name=api_name)
         latencies[key] = round(time.monotonic() - t, 3)
@@ -122,7 +123,8 @@ def test_run_records_curves_and_test_accuracy(karst_run: dict[str, Any]) -> None
 def test_compare_two_runs(client: Client, karst_run: dict[str, Any], lora_run: dict[str, Any]) -> None:
     lora = lora_run["run_id"]
     table, ticked = client.predict([], api_name="/compare_table")
-    methods = {row[0]: row[1] for row in table["data"]}
+    cols = table["headers"]
+    methods = {row[cols.index("id")]: row[cols.index("method")] for row in table["data"]}
     assert {karst_run["run_id"], lora} <= set(value(ticked))
     assert methods[karst_run["run_id"]] == "karst" and methods[lora] == "lora"
     curves, scatter = client.predict([karst_run["run_id"], lora], api_name="/compare")
@@ -204,11 +206,13 @@ def test_queue_position_and_stop(client: Client, karst_run: dict[str, Any]) -> N
     assert details(client, first)["status"]["epoch"] < 20
 
 
-def test_only_run_folders_and_uploads_are_served(server: AppHandle, karst_run: dict[str, Any]) -> None:
+def test_only_downloads_and_uploads_are_served(server: AppHandle, karst_run: dict[str, Any]) -> None:
     def status(path: Path) -> int:
         return httpx.get(f"{server.url.rstrip('/')}/gradio_api/file={path}").status_code
 
-    assert status(server.runner.runs_dir / karst_run["run_id"] / "merged.json") == 200
+    _, card, _ = server.runner.downloads(karst_run["run_id"])  # copies in the upload folder
+    assert status(card) == 200
+    assert status(server.runner.runs_dir / karst_run["run_id"] / "merged.json") == 403  # the runs dir is not served
     assert status(Path(__file__).resolve()) == 403  # the source tree is not served
     assert status(Path("/etc/passwd")) == 403
     # Gradio's run history (users' inputs kept for replay) is switched off.

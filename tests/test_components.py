@@ -74,8 +74,8 @@ def test_accuracy_vs_params_is_log_x_and_skips_runs_without_numbers():
 @pytest.mark.parametrize("builder,args", [
     (plots.compare_curves, ({},)),
     (plots.accuracy_vs_params, ([],)),
-    (plots.alignment_stats, ({},)),
-    (plots.alignment_gap, ([], {})),
+    (plots.alignment_shifts, ({}, {})),
+    (plots.alignment_gap, ([],)),
     (plots.rescale_values, (None, None)),
     (plots.topk_bars, ([], [])),
 ])
@@ -84,14 +84,56 @@ def test_builders_show_a_message_when_there_is_nothing_to_draw(builder, args):
     assert isinstance(fig, go.Figure) and fig.layout.annotations
 
 
+def test_alignment_shifts_sorted_and_coloured_by_direction():
+    shift = np.array([0.2, -0.1, 0.0, -0.3])
+    fig = plots.alignment_shifts({"rescaling": shift}, {"rescaling": {"closer": 0.5, "further": 0.25}})
+    bar = fig.data[0]
+    assert list(bar.y) == sorted(shift) and list(bar.marker.color[:2]) == ["#2ca02c"] * 2
+    assert bar.marker.color[-1] == "#d62728"
+    assert "50% closer" in fig.layout.annotations[0].text
+
+
+def test_alignment_gap_one_colour_per_run_integer_epochs():
+    series = [{"label": "karst · rescale channel", "color": "#d62728", "epochs": [0, 1, 2], "after": [0.5, 0.4, 0.3],
+               "before": [0.5, 0.45, 0.35], "frozen": 0.5},
+              {"label": "lora", "color": "#1f77b4", "epochs": [0, 1], "after": [0.5, 0.6], "before": None,
+               "frozen": 0.5}]
+    fig = plots.alignment_gap(series)
+    colours = {t.name: t.line.color for t in fig.data}
+    assert colours["karst · rescale channel"] == colours["karst · rescale channel (before re-scaling)"] == "#d62728"
+    assert colours["lora"] == "#1f77b4" and len(fig.data) == 4  # + one legend entry for every dotted line
+    assert [t.name for t in fig.data if t.showlegend is not False] == [
+        "karst · rescale channel", "lora", "dotted: before re-scaling"]
+    assert fig.layout.xaxis.dtick == 1
+    # The legend sits at the bottom of the figure, below the axis title, never over it.
+    assert fig.layout.legend.yref == "container" and fig.layout.legend.yanchor == "bottom"
+
+
 def test_topk_bars_most_probable_on_top():
     fig = plots.topk_bars(["cat", "dog"], [0.9, 0.1])
     assert list(fig.data[0].y) == ["dog", "cat"]  # plotly draws the last bar on top
 
 
-def test_spectrum_log_scale_with_lora_reference():
-    fig = plots.spectrum(np.linspace(1, 0.1, 32), np.linspace(1, 0.5, 4), "karst", "lora")
-    assert fig.layout.yaxis.type == "log" and len(fig.data) == 2
+def test_spectrum_log_scale_energy_and_lora_references():
+    sv = np.linspace(1, 0.1, 32)
+    fig = plots.spectrum(sv, np.linspace(1, 0.5, 4), "karst", "lora")
+    assert fig.layout.yaxis.type == "log" and [t.name for t in fig.data] == ["karst", "karst", "lora"]
+    energy = fig.data[1].y
+    assert energy[-1] == pytest.approx(1.0) and np.all(np.diff(energy) >= 0)
+    trained = {"label": "lora r8", "sv": np.array([2.0, 1.0, 0.0]), "energy": np.array([0.8, 1.0, 1.0])}
+    fig = plots.spectrum(sv, None, "karst", "lora", trained=trained, marker_rank=2)
+    names = [t.name for t in fig.data]
+    assert names.count("trained LoRA: lora r8") == 2 and len(fig.data[2].y) == 2  # zero singular values dropped
+
+
+def test_heatmap_true_indices_block_grid_and_fixed_scale():
+    m = np.kron(np.array([[1.0, -1.0], [0.5, 0.0]]), np.ones((300, 40)))  # 600×80, blocks of 300×40
+    fig = plots.heatmap(m, "ΔW", bound=4.0, block=(300, 40))
+    z = fig.data[0]
+    assert z.x[0] == pytest.approx(1.5) and z.y[-1] == pytest.approx(597.5)  # 4×4-averaged, true indices
+    assert fig.layout.coloraxis.cmin == -4.0 and fig.layout.coloraxis.cmax == 4.0
+    assert len(fig.layout.shapes) == 2  # one horizontal and one vertical block edge
+    assert plots.heatmap(m, "ΔW").layout.coloraxis.cmax == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------- formatting

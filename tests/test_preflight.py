@@ -6,7 +6,7 @@ import pytest
 
 from karst.config import DEFAULT_LR
 from karst.errors import BackboneError, ConfigError, DataError, KarstError
-from karst.preflight import SetupForm, backbone_spec, dataset_spec
+from karst.preflight import SetupForm, backbone_spec, dataset_allowed, dataset_spec
 
 
 def test_default_form_is_the_embedded_default():
@@ -60,3 +60,25 @@ def test_backbone_spec_local_file(tmp_path):
     assert backbone_spec("catalogue", " karst-vit-micro ", "", "") == ("karst-vit-micro", None)
     with pytest.raises(BackboneError, match="does not exist"):
         backbone_spec("file", "", str(tmp_path / "nope.pth"), "")
+
+
+def test_server_paths_only_under_the_roots_with_one_answer(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "data").mkdir(parents=True)
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    assert dataset_spec("folder", "", str(root / "data"), None, "", roots=[root]) == str((root / "data").resolve())
+    messages = set()
+    for path in (outside, root / "link", root / ".." / "outside", root / "missing", tmp_path / "missing", "x" * 5000):
+        with pytest.raises(DataError) as err:
+            dataset_spec("folder", "", str(path), None, "", roots=[root])
+        messages.add(str(err.value).replace(repr(str(path)[:200]), "PATH"))
+    assert len(messages) == 1, messages  # missing or refused, symlink or "..": the same answer
+    assert dataset_spec("folder", "", str(outside), None, "") == str(outside)  # no roots (the CLI): any folder
+    with pytest.raises(DataError, match="not an embedded task"):
+        dataset_spec("embedded", str(outside), "", None, "", roots=[root])
+    assert dataset_spec("embedded", "synth-count@2", "", None, "", roots=[]) == "synth-count@2"
+    with pytest.raises(BackboneError, match="data roots"):
+        backbone_spec("catalogue", str(outside / "w.safetensors"), "", "", roots=[root])
+    assert dataset_allowed("synth-objects", []) and not dataset_allowed(str(outside), [root])
+    assert dataset_allowed(str(root / "data"), [root])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from karst.preflight import SetupForm
 from karst.runview import run_label
 
@@ -12,3 +16,67 @@ def test_random_init_choice_reaches_the_run_and_its_label():
     assert cfg.pretrained is False
     assert run_label(cfg) == "karst N2 m8 r8 (random init)"
     assert run_label(SetupForm(method="lora").to_train_config()) == "lora r8"
+
+
+def test_labels_show_every_setting_that_differs():
+    from karst.config import TrainConfig
+    from karst.runview import distinguishing_labels
+
+    configs = {
+        "r1": TrainConfig(),
+        "r2": TrainConfig.from_dict({"method": {"name": "karst", "adapter": {"rescale": "none"}}}),
+        "r3": TrainConfig(method="lora"),
+    }
+    labels = distinguishing_labels(configs)
+    assert labels["r1"] == "karst N2 m8 r8 · lr 0.01 · rescale channel"
+    assert labels["r2"] == "karst N2 m8 r8 · lr 0.01 · rescale none"
+    assert labels["r3"] == "lora r8 · lr 0.003"  # re-scaling does not apply to LoRA
+    # Settings that do not differ are left out; identical runs get their id's tail; names win.
+    same = distinguishing_labels({"20250101-aaaa": TrainConfig(), "20250101-bbbb": TrainConfig(epochs=6)},
+                                 {"20250101-bbbb": "baseline"})
+    assert same == {"20250101-aaaa": "karst N2 m8 r8", "20250101-bbbb": "baseline"}
+    twins = distinguishing_labels({"x-1234": TrainConfig(), "x-5678": TrainConfig()})
+    assert twins == {"x-1234": "karst N2 m8 r8 #1234", "x-5678": "karst N2 m8 r8 #5678"}
+    more = distinguishing_labels({"a": TrainConfig(epochs=3, max_train_samples=100), "b": TrainConfig(seed=1)})
+    assert more["a"] == "karst N2 m8 r8 · epochs 3 · train images 100 · seed 0"
+    assert more["b"] == "karst N2 m8 r8 · epochs 6 · train images all · seed 1"
+
+
+def test_run_colours_are_stable_and_distinct_for_consecutive_runs():
+    from karst.runview import RUN_PALETTE, run_colors
+
+    ids = [f"20250101-0000{i:02d}-karst-beef" for i in range(30)]
+    colours = run_colors(ids)
+    assert set(colours.values()) <= set(RUN_PALETTE)
+    window = len(RUN_PALETTE)
+    for i in range(len(ids) - window + 1):
+        assert len({colours[r] for r in ids[i : i + window]}) == window
+    # Adding later runs never recolours earlier ones.
+    assert {r: c for r, c in run_colors(ids[:10]).items()} == {r: colours[r] for r in ids[:10]}
+
+
+def test_name_note_and_compare_row(tmp_path, tmp_path_factory):
+    import shutil
+
+    from helpers import trained_run
+
+    from karst.errors import RunError
+    from karst.runs import RunStore
+    from karst.runview import compare_rows, run_choices, run_labels
+
+    shared = trained_run(tmp_path_factory.getbasetemp())  # copied: other tests read the shared run
+    run = Path(shutil.copytree(shared, tmp_path / "runs" / shared.name))
+    store = RunStore(run.parent)
+    run_id = run.name
+    assert store.read_meta(run_id) == {"name": "", "note": ""}
+    meta = store.write_meta(run_id, name="  tiny\tbaseline \n", note="lr from the paper\n")
+    assert meta == {"name": "tiny baseline", "note": "lr from the paper"}
+    assert store.write_meta(run_id, note="") == {"name": "tiny baseline", "note": ""}  # None keeps the name
+    with pytest.raises(RunError, match="too long"):
+        store.write_meta(run_id, name="x" * 500)
+    assert run_labels(store, [run_id]) == {run_id: "tiny baseline"}
+    assert "tiny baseline" in run_choices(store)[0][0]
+    row = next(r for r in compare_rows(store) if r["run"] == run_id)
+    assert (row["lr"], row["epochs"], row["batch_size"], row["train_images"], row["rescale"]) == (
+        3e-3, 2, 32, 64, "channel")
+    assert row["label"] == "tiny baseline" and row["name"] == "tiny baseline"

@@ -96,7 +96,7 @@ def test_run_folder_follows_the_contract(tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     snaps = sorted(p.name for p in (run / "snapshots").iterdir())
     assert snaps == ["epoch_000.safetensors", "epoch_001.safetensors", "epoch_002.safetensors", "gaps.json",
-                     "stats_000.json", "stats_001.json", "stats_002.json"]
+                     "reference.json", "state_002.pt", "stats_000.json", "stats_001.json", "stats_002.json"]
     with safe_open(str(run / "snapshots" / "epoch_002.safetensors"), "pt") as f:
         meta = f.metadata()
         keys = set(f.keys())
@@ -186,8 +186,10 @@ def test_other_methods_train_and_export(tmp_path: Path, method: str) -> None:
     lock.release()
     assert summary["status"] == "completed"
     assert (store.path(run_id) / "merged.safetensors").is_file()
-    # No KARST layers: snapshots carry the trainable tensors and empty statistics.
+    # No KARST layers: the statistics are the outputs of the targeted linears (no before/after re-scaling).
     stats = json.loads((store.path(run_id) / "snapshots" / "stats_001.json").read_text())
-    assert stats["layers"] == {}
+    assert list(stats["layers"])[:2] == ["blocks.0.attn.qkv", "blocks.0.attn.proj"] and len(stats["layers"]) == 8
+    assert set(stats["layers"]["blocks.0.mlp.fc1"]) == {"out_mean", "out_std", "channels", "gap_out"}
+    assert (store.path(run_id) / "snapshots" / "reference.json").is_file()
     with safe_open(str(store.path(run_id) / "snapshots" / "epoch_001.safetensors"), "pt") as f:
         assert len(list(f.keys())) == (2 if method == "probe" else 2 + 2 * 8)

@@ -10,6 +10,7 @@ spec                           source
 ``path/to/folder``             one sub-folder per class, ``train/ val/ test/`` when present
 ``path/to/data.zip``           such a folder zipped; extracted safely to a cache folder
 ``path/to/vtab-task``          PETL VTAB-1K lists: ``train800.txt``, ``val200.txt``, ``test.txt``
+``.../train_meta.list.num_…``  a NOAH few-shot training list (``karst.data.fewshot``)
 ``torchvision:CIFAR100``       a torchvision dataset, downloaded into a cache folder when online
 =============================  ==============================================================
 
@@ -31,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from karst.data import synthetic
+from karst.data import fewshot, synthetic
 from karst.data.safety import IMAGE_SUFFIXES, check_image, load_image, safe_extract_zip, to_rgb
 from karst.data.splits import seeded_split
 from karst.data.vtab import load_vtab_folder
@@ -40,7 +41,7 @@ from karst.errors import DataError
 __all__ = ["DatasetBundle", "list_datasets", "load_dataset"]
 
 Transform = Callable[[Image.Image], torch.Tensor]
-Source = Literal["embedded", "folder", "zip", "vtab", "torchvision"]
+Source = Literal["embedded", "folder", "zip", "vtab", "fewshot", "torchvision"]
 
 MAX_SKIPPED_FRACTION = 0.5  # more unreadable images than this means the wrong folder, not bad luck
 VTAB_LISTS = ("train800val200.txt", "train800.txt", "val200.txt", "test.txt")
@@ -207,13 +208,21 @@ def load_dataset(
     if name.lower().startswith("torchvision:"):
         return _load_torchvision(name.split(":", 1)[1], transform, seed, cache_dir)
     path = Path(name).expanduser()
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # a name the file system refuses (too long...): no such file either
+        exists = False
+    if not exists:
         hint = (
             f"embedded tasks are {', '.join(synthetic.TASKS)}"
             if os.sep not in name and "." not in name
             else "check the path"
         )
-        raise DataError(f"Dataset {name!r} is neither an embedded task nor an existing file or folder; {hint}.")
+        raise DataError(f"Dataset {name[:200]!r} is neither an embedded task nor an existing file or folder; {hint}.")
+    if path.is_file() and fewshot.is_fewshot_list(path):
+        bundle = fewshot.load_fewshot_list(path, transform, make_bundle=_finish_bundle)
+        bundle.name = name
+        return bundle
     if path.is_file():
         if path.suffix.lower() != ".zip":
             raise DataError(
