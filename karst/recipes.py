@@ -34,7 +34,9 @@ RECIPE_SOURCES: dict[str, dict[str, str]] = {
         "eval_every": "PETL: evaluate every 10 epochs",
         "method.adapter": "paper: KARST on qkv, proj, fc1, fc2 with N=2, m=8, r=8; code: ΔW scaled by α/r "
                           "(neither states α for VTAB-1K: α = r = 8 keeps the scale at 1)",
-        "method.adapter.init": "code (modules/kronecker_adaption.py): Kaiming-uniform C_i and A_i, zero B_i",
+        "method.adapter.init": "code (modules/kronecker_adaption.py): Kaiming-uniform C_i and A_i, zero B_i; the "
+                               "paper says Gaussian C_i, A_i without a std, so the code's choice is taken",
+        "method.adapter.rescale": "paper: y = (s1 + 1) ⊙ (W0 + ΔW) x + s2 at every adapted layer, as our default",
     },
 }
 
