@@ -46,16 +46,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"karst: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``karst`` command."""
-    parser = _Parser(prog="karst", description="KARST Studio: Kronecker adapters for timm ViTs.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an internal error instead of saving it to a log file")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("list", help="embedded and known backbones and datasets")
-    p.add_argument("--json", action="store_true")
-
+def _add_train_parser(sub: Any) -> None:
+    """`karst train`: one flag per declared setting, plus the config file, recipe and --set layers."""
     p = sub.add_parser("train", help="fine-tune (defaults: the embedded backbone and task)")
     add_setting_flags(p, field_specs())
     p.add_argument("--config", type=Path, help="JSON file with TrainConfig fields (as in a run's config.json); "
@@ -67,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=_default_runs_dir())
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the last stdout line)")
     add_ray_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``karst`` command."""
+    parser = _Parser(prog="karst", description="KARST Studio: Kronecker adapters for timm ViTs.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error instead of saving it to a log file")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="embedded and known backbones and datasets")
+    p.add_argument("--json", action="store_true")
+
+    _add_train_parser(sub)
     _add_sweep_parser(sub)
 
     p = sub.add_parser("resume", help="continue a cancelled or interrupted run from its last epoch")

@@ -43,8 +43,8 @@ from .device import device_key, resolve_device
 from .errors import KarstError, RunError
 from .runs import FileLock, RunStore, atomic_write_json, check_status, read_json
 
-__all__ = ["JobManager", "run_worker", "execute_run", "run_foreground", "resume_foreground", "device_lock",
-           "WORKER_IDLE_EXIT_S"]
+__all__ = ["JobManager", "run_worker", "claim_worker", "execute_run", "run_foreground", "resume_foreground",
+           "device_lock", "WORKER_IDLE_EXIT_S"]
 
 _POLL_S = 0.2
 # A worker with nothing queued and no app attached exits after this long (it holds ~1 GB of imports).
@@ -119,22 +119,28 @@ def execute_run(
         dev_lock = _wait_for_device(store, run_id, device, device_key(device), cancelled)
         if dev_lock is None or cancelled():
             return _finish_unstarted(store, run_id, "cancelled", "cancelled before it started")
-        try:
-            return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled, resume=resume)
-        except KarstError:
-            if raise_errors:
-                raise
-            # Otherwise recorded as failed by the run recorder; the message is in status/summary.
-        except Exception:
-            # A bug: keep the worker alive. train() saved the traceback to error.log and named the file
-            # in the run's status; one raised outside its loop (while recording the end) is saved here.
-            if not (run_dir / "error.log").exists():
-                (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        return read_json(run_dir / "summary.json") or {"run_id": run_id, "status": "failed"}
+        return _train_recorded(train, config, run_dir, callbacks, cancelled, resume, raise_errors)
     finally:
         if dev_lock is not None:
             dev_lock.release()
         run_lock.release()
+
+
+def _train_recorded(train: Any, config: TrainConfig, run_dir: Path, callbacks: Iterable[Any], cancelled: Any,
+                    resume: bool, raise_errors: bool) -> dict[str, Any]:
+    """Train and return the summary; a failure is on record in the run folder either way."""
+    try:
+        return train(config, run_dir, callbacks=callbacks, cancel_check=cancelled, resume=resume)
+    except KarstError:
+        if raise_errors:
+            raise
+        # Otherwise recorded as failed by the run recorder; the message is in status/summary.
+    except Exception:
+        # A bug: keep the worker alive. train() saved the traceback to error.log and named the file
+        # in the run's status; one raised outside its loop (while recording the end) is saved here.
+        if not (run_dir / "error.log").exists():
+            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+    return read_json(run_dir / "summary.json") or {"run_id": run_dir.name, "status": "failed"}
 
 
 def _wait_for_device(store: RunStore, run_id: str, device: Any, key: str, cancelled: Any) -> FileLock | None:
@@ -208,16 +214,10 @@ def run_worker(
         0, or 1 if another worker already serves ``runs_dir``.
     """
     store = RunStore(runs_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(store.root / ".worker.lock")
-    if not _acquire_soon(lock):
-        print(f"a worker already serves {store.root}", file=sys.stderr)
+    claimed = claim_worker(store)
+    if claimed is None:
         return 1
-    stopping = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-        # Cancel the current run cleanly (status cancelled, weights kept), then leave the loop.
-        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-        signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    lock, stopping = claimed
     try:
         _warm_up(store, threads)
         why = _serve(store, lock, poll_s, idle_exit_s, stopping)
@@ -225,6 +225,24 @@ def run_worker(
     finally:
         lock.release()
     return 0
+
+
+def claim_worker(store: RunStore) -> tuple[FileLock, threading.Event] | None:
+    """Become the worker of ``store``: its lock, and an event that SIGTERM/SIGINT set.
+
+    The event lets the current run end cleanly (status cancelled, weights kept) before the loop
+    stops. None (and a line on stderr) if another worker already serves the directory.
+    """
+    store.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(store.root / ".worker.lock")
+    if not _acquire_soon(lock):
+        print(f"a worker already serves {store.root}", file=sys.stderr)
+        return None
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    return lock, stopping
 
 
 def _acquire_soon(lock: FileLock, wait_s: float = 1.0) -> bool:

@@ -8,13 +8,11 @@ The work itself is ``karst.ray_backend.dispatch``.
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import threading
 import time
 
 from .cluster import RayOptions
-from .runs import FileLock, RunStore, atomic_write_json
+from .jobs import claim_worker
+from .runs import RunStore, atomic_write_json
 
 __all__ = ["serve"]
 
@@ -30,15 +28,10 @@ def serve(runs_dir: str | os.PathLike, address: str, options: RayOptions | None 
         0, or 1 if another worker already serves ``runs_dir``.
     """
     store = RunStore(runs_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(store.root / ".worker.lock")
-    if not lock.acquire():
-        print(f"a worker already serves {store.root}", file=sys.stderr)
+    claimed = claim_worker(store)
+    if claimed is None:
         return 1
-    stopping = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-        signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    lock, stopping = claimed
     try:
         atomic_write_json(store.root / ".worker.json", {"pid": os.getpid(), "started_at": time.time(),
                                                         "ready": False, "ray": address})

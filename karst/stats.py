@@ -141,6 +141,12 @@ def feature_stats(
         for h in handles:
             h.remove()
         model.train(was_training)
+    return _collect(moments, layers, karst)
+
+
+def _collect(moments: dict[str, dict[str, _RunningMoments]], layers: dict[str, nn.Module],
+             karst: set[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-layer arrays of :func:`feature_stats` from the accumulated moments."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, parts in moments.items():
         if any(acc.mean is None for acc in parts.values()):  # a layer the forward pass never reached

@@ -17,8 +17,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from karst.data.safety import check_image
-from karst.data.vtab import parse_list
+from karst.data.vtab import checked_splits, parse_list
 from karst.errors import DataError
 
 __all__ = ["is_fewshot_list", "load_fewshot_list"]
@@ -54,11 +53,6 @@ def load_fewshot_list(train_list: Path, transform: Callable, *, make_bundle: Cal
             raise DataError(f"few-shot {dataset} has no {path.name} in {annotations}; copy NOAH's lists there.")
     lists = {split: parse_list(images_root, os.path.relpath(path, images_root)) for split, path in files.items()}
     num_classes = 1 + max(y for items in lists.values() for _, y in items)
-    splits, skipped, total = {}, 0, 0
-    for split, items in lists.items():
-        good = [(p, y) for p, y in items if check_image(p) is None]
-        skipped += len(items) - len(good)
-        total += len(items)
-        splits[split] = ([p for p, _ in good], [y for _, y in good])
+    splits, skipped, total = checked_splits(lists)
     class_names = [str(i) for i in range(num_classes)]
     return make_bundle(images_root, class_names, splits, transform, skipped, total, 0, source="fewshot")

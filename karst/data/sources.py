@@ -173,6 +173,23 @@ class DatasetBundle:
 # Entry points
 
 
+def _existing_path(name: str) -> Path:
+    """``name`` as an existing file or folder, or a DataError saying what it could have been."""
+    path = Path(name).expanduser()
+    try:
+        exists = path.exists()
+    except OSError:  # a name the file system refuses (too long...): no such file either
+        exists = False
+    if not exists:
+        hint = (
+            f"embedded tasks are {', '.join(synthetic.TASKS)}"
+            if os.sep not in name and "." not in name
+            else "check the path"
+        )
+        raise DataError(f"Dataset {name[:200]!r} is neither an embedded task nor an existing file or folder; {hint}.")
+    return path
+
+
 def load_dataset(
     spec: str | os.PathLike,
     *,
@@ -207,18 +224,7 @@ def load_dataset(
         return _load_embedded(task, data_seed, transform)
     if name.lower().startswith("torchvision:"):
         return _load_torchvision(name.split(":", 1)[1], transform, seed, cache_dir)
-    path = Path(name).expanduser()
-    try:
-        exists = path.exists()
-    except OSError:  # a name the file system refuses (too long...): no such file either
-        exists = False
-    if not exists:
-        hint = (
-            f"embedded tasks are {', '.join(synthetic.TASKS)}"
-            if os.sep not in name and "." not in name
-            else "check the path"
-        )
-        raise DataError(f"Dataset {name[:200]!r} is neither an embedded task nor an existing file or folder; {hint}.")
+    path = _existing_path(name)
     if path.is_file() and fewshot.is_fewshot_list(path):
         bundle = fewshot.load_fewshot_list(path, transform, make_bundle=_finish_bundle)
         bundle.name = name

@@ -20,7 +20,7 @@ from karst.data.safety import check_image
 from karst.data.splits import seeded_split
 from karst.errors import DataError
 
-__all__ = ["load_vtab_folder", "parse_list"]
+__all__ = ["load_vtab_folder", "parse_list", "checked_splits"]
 
 
 def parse_list(root: Path, list_name: str) -> list[tuple[Path, int]]:
@@ -111,10 +111,16 @@ def load_vtab_folder(root: Path, transform: Callable, seed: int, *, make_bundle:
             )
         class_names = names[:num_classes]
 
+    splits, skipped, total = checked_splits(lists)
+    return make_bundle(root, class_names, splits, transform, skipped, total, 0, source="vtab")
+
+
+def checked_splits(lists: dict[str, list[tuple[Path, int]]]) -> tuple[dict[str, tuple[list, list]], int, int]:
+    """Per split, the (paths, labels) of the listed images that read as images; and skipped, total counts."""
     splits, skipped, total = {}, 0, 0
     for split, items in lists.items():
         good = [(p, y) for p, y in items if check_image(p) is None]
         skipped += len(items) - len(good)
         total += len(items)
         splits[split] = ([p for p, _ in good], [y for _, y in good])
-    return make_bundle(root, class_names, splits, transform, skipped, total, 0, source="vtab")
+    return splits, skipped, total
