@@ -20,8 +20,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,6 +262,31 @@ def test_pixel_limit_on_every_image_input(client: Client, server: AppHandle, run
     assert grown < 100
     # The CLI: the same limit, exit 2.
     assert cli(["predict", str(server.runner.runs_dir / run_id), str(bomb)]) == 2
+
+
+# -- point 2: the zip bomb, through the app's settings check ----------------------------------------
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def test_zip_bomb_in_the_settings_check_writes_nothing(client: Client, tmp_path: Path) -> None:
+    # 512 entries of 1 MiB of zeros: ~0.5 MB on disk, 512 MiB declared. Before: the settings check,
+    # run on every form change, extracted all of it (1.1 GB for the 1,024-entry version).
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for i in range(512):
+            z.writestr(f"cats/{i}.png", bytes(1024 * 1024))
+    assert bomb.stat().st_size < 1_000_000
+    cache = Path(tempfile.gettempdir()) / "karst-datasets"
+    before_disk, before_mem = _folder_bytes(cache), rss_mb()
+    form = form_values(fast_form(dataset_source="zip"))
+    form[[*fast_form().__dataclass_fields__].index("dataset_zip")] = handle_file(str(bomb))
+    for _ in range(2):  # a second upload of the same bytes does not make a copy either
+        message = client.predict(*form, api_name="/check_settings")
+        assert "ratio limit" in message and "bomb.zip" in message, message
+    grown_disk, grown_mem = _folder_bytes(cache) - before_disk, rss_mb() - before_mem
+    print(f"\n[abuse] zip bomb through /check_settings: +{grown_disk} bytes in the cache, +{grown_mem:.0f} MB RSS")
+    assert grown_disk == 0 and grown_mem < 50
 
 
 # -- point 7: server paths -----------------------------------------------------------------------
