@@ -58,6 +58,12 @@ def _snap(run: Path, epoch: int, kind: str) -> Path:
     return run / "snapshots" / f"{kind}_{epoch:03d}.{suffix}"
 
 
+def _first_snapshot(run: Path) -> Path | None:
+    """The earliest adapter snapshot of ``run`` (its metadata names the layers), or None."""
+    saved = epochs(run)
+    return _snap(run, saved[0], "epoch") if saved else None
+
+
 def epochs(run: str | Path) -> list[int]:
     """Epochs with saved adapter tensors (0 = before training), ascending."""
     return saved_epochs(_run_dir(run), "epoch")
@@ -66,10 +72,10 @@ def epochs(run: str | Path) -> list[int]:
 def layers(run: str | Path) -> list[str]:
     """Names of the run's KARST layers (empty for other methods)."""
     run = _run_dir(run)
-    saved = epochs(run)
-    if not saved:
+    first = _first_snapshot(run)
+    if first is None:
         return []
-    with safe_open(str(_snap(run, saved[0], "epoch")), framework="pt") as f:
+    with safe_open(str(first), framework="pt") as f:
         names = (f.metadata() or {}).get("karst_layers", "")
     return [n for n in names.split(",") if n]
 
@@ -247,10 +253,10 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<layer>.+)\.lora_(?P<part>[
 def lora_layers(run: str | Path) -> list[str]:
     """Names of a LoRA run's adapted layers (empty for other methods)."""
     run = _run_dir(run)
-    saved = epochs(run)
-    if not saved:
+    first = _first_snapshot(run)
+    if first is None:
         return []
-    with safe_open(str(_snap(run, saved[0], "epoch")), framework="pt") as f:
+    with safe_open(str(first), framework="pt") as f:
         found = [m["layer"] for k in f.keys() if (m := _LORA_KEY.match(k)) and m["part"] == "A"]
     # The file sorts its keys by name; the statistics list the layers in the model's order.
     order = {name: i for i, name in enumerate(alignment_layers(run))}

@@ -47,7 +47,7 @@ from .cluster import LOCAL, RayOptions, prepare_ray, unreachable
 from .config import TrainConfig
 from .errors import ConfigError, KarstError, RunError
 from .runs import FileLock, RunStore, atomic_write_json, publish, read_json, saved_epochs
-from .train import _run_callbacks
+from .train import run_callbacks
 
 __all__ = ["RayBackend", "connected", "run_on_ray", "dispatch"]
 
@@ -105,7 +105,7 @@ class _Replay:
 
     def __init__(self, run_dir: Path, config: TrainConfig, callbacks: Iterable[Any] = ()):
         self.run_dir, self.config = run_dir, config
-        self.callbacks = [*_run_callbacks(config, run_dir), *callbacks]
+        self.callbacks = [*run_callbacks(config, run_dir), *callbacks]
         self.node: dict[str, Any] = {}
         self.ended = self.finished = False
         self.seen: dict[str, Any] = {"epochs_done": 0}  # for a run that stops without its summary

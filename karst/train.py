@@ -46,8 +46,8 @@ from .model import karst_layers
 from .runs import RunRecorder
 from .stats import feature_stats, reference_stats
 
-__all__ = ["train", "Trainer", "Callback", "Progress", "TrainResult", "feature_stats", "snapshot_tensors",
-           "seed_everything"]
+__all__ = ["train", "Trainer", "run_callbacks", "Callback", "Progress", "TrainResult", "feature_stats",
+           "snapshot_tensors", "seed_everything"]
 
 
 class _Stop(Exception):
@@ -381,7 +381,7 @@ class Trainer:
         return self.result
 
 
-def _run_callbacks(config: TrainConfig, run_dir: Path | None) -> list[Callback]:
+def run_callbacks(config: TrainConfig, run_dir: Path | None) -> list[Callback]:
     """The callbacks a run always gets: its folder and export (with a ``run_dir``) and the loggers asked for."""
     out: list[Callback] = []
     if run_dir is not None:
@@ -432,7 +432,7 @@ def train(
     trainer = Trainer(config, [], cancel_check, run_id=run_dir.name if run_dir is not None else None)
     result: TrainResult | None = None
     try:
-        trainer.callbacks = [*_run_callbacks(config, run_dir), *callbacks]
+        trainer.callbacks = [*run_callbacks(config, run_dir), *callbacks]
         if resume:
             if run_dir is None:
                 raise RunError("resume=True needs the run folder (run_dir) to resume from.")
