@@ -500,9 +500,13 @@ class JobManager:
                 said = str(e)
             self._unwatch.wait(every_s)
 
-    def submit(self, config: TrainConfig, start_worker: bool = True) -> str:
-        """Queue a run and return its id; starts the worker if none is alive."""
-        run_id = self.store.create(config)
+    def submit(self, config: TrainConfig, start_worker: bool = True, owner: str | None = None) -> str:
+        """Queue a run and return its id; starts the worker if none is alive.
+
+        Args:
+            owner: :func:`karst.runs.owner_key` of the front-end client launching it, or None.
+        """
+        run_id = self.store.create(config, owner=owner)
         if start_worker:
             self.ensure_worker()
         return run_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +43,8 @@ __all__ = [
     "RUN_STATES",
     "FINAL_STATES",
     "RunStore",
+    "owner_key",
+    "fair_order",
     "FileLock",
     "default_runs_dir",
     "atomic_write_json",
@@ -254,7 +258,26 @@ def _new_status(now: float) -> dict[str, Any]:
         "started_at": None,
         "updated_at": now,
         "finished_at": None,
+        "owner": None,  # owner_key() of whoever launched it from a front end; None: the operator (CLI, notebook)
     }
+
+
+def owner_key(token: str) -> str:
+    """What a run records of the front-end client that launched it: a digest of the client's secret
+    token. Status files are readable by every client, so they never hold a token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def fair_order(rows: list[tuple[float, str, str | None]], running: Counter) -> list[str]:
+    """Queued runs ``(queued_at, run_id, owner)`` in the order they get the device: round robin over
+    owners, launch order within one owner. An owner whose run is training now has used a turn, so
+    one client's long queue (or a 1,000-epoch typo) never holds back everybody else's next run."""
+    turns = Counter(running)
+    keyed = []
+    for queued_at, run_id, owner in sorted(rows):
+        keyed.append((turns[owner], queued_at, run_id))
+        turns[owner] += 1
+    return [run_id for *_, run_id in sorted(keyed)]
 
 
 def check_status(status: Any, name: str = "status.json") -> dict[str, Any]:
@@ -271,6 +294,8 @@ def check_status(status: Any, name: str = "status.json") -> dict[str, Any]:
             raise RunError(f"{name} has {key}={value!r}, not a number; {_DAMAGED}")
     if not isinstance(status.get("message", ""), str):
         raise RunError(f"{name} has a message that is not text; {_DAMAGED}")
+    if not isinstance(status.get("owner") or "", str):
+        raise RunError(f"{name} has an owner that is not text; {_DAMAGED}")
     return status
 
 
@@ -285,9 +310,13 @@ class RunStore:
         self.root = Path(root) if root is not None else default_runs_dir()
 
     # -- creation -------------------------------------------------------------------------------
-    def create(self, config: TrainConfig) -> str:
-        """Create a queued run for ``config`` and return its id (for the worker to pick up)."""
-        run_id, lock = self._make(config, claim=False)
+    def create(self, config: TrainConfig, owner: str | None = None) -> str:
+        """Create a queued run for ``config`` and return its id (for the worker to pick up).
+
+        Args:
+            owner: :func:`owner_key` of the front-end client launching it (queue turns, who may stop it).
+        """
+        run_id, lock = self._make(config, claim=False, owner=owner)
         return run_id
 
     def create_claimed(self, config: TrainConfig) -> tuple[str, FileLock]:
@@ -300,7 +329,7 @@ class RunStore:
         assert lock is not None
         return run_id, lock
 
-    def _make(self, config: TrainConfig, claim: bool) -> tuple[str, FileLock | None]:
+    def _make(self, config: TrainConfig, claim: bool, owner: str | None = None) -> tuple[str, FileLock | None]:
         self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(1000):
             run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method.name}-{secrets.token_hex(2)}"
@@ -318,7 +347,7 @@ class RunStore:
             lock = FileLock(run_dir / ".lock")
             lock.acquire()
         atomic_write_json(run_dir / "config.json", config.to_dict())
-        status = _new_status(time.time())
+        status = {**_new_status(time.time()), "owner": owner}
         if claim:
             status.update(pid=os.getpid(), message="waiting for the device")
         # status.json is written last: a folder without it is still being created and is skipped.
@@ -467,7 +496,8 @@ class RunStore:
         return row
 
     def queued(self, skipped: dict[str, str] | None = None) -> list[str]:
-        """Queued run ids in launch order (the order the worker starts them).
+        """Queued run ids in the order the worker starts them: launch order, taking turns between
+        the clients that launched them (:func:`fair_order`).
 
         Reads only status files: the worker calls this several times a second.
 
@@ -475,7 +505,7 @@ class RunStore:
             skipped: if given, filled with ``run id -> why`` for folders whose status cannot be read
                 (they are left out of the queue, and the queue goes on).
         """
-        rows = []
+        rows, running = [], Counter()
         for run_id in self.run_ids():
             try:
                 status = self._status_file(self.root / run_id)
@@ -486,8 +516,10 @@ class RunStore:
                     skipped[run_id] = str(e)
                 continue
             if status and status["status"] == "queued":
-                rows.append((status["queued_at"], run_id))
-        return [run_id for _, run_id in sorted(rows)]
+                rows.append((status["queued_at"], run_id, status.get("owner")))
+            elif status and status["status"] == "running":
+                running[status.get("owner")] += 1
+        return fair_order(rows, running)
 
     def queue_position(self, run_id: str) -> int | None:
         """1 for the next run to start, 2 for the one after, ...; None if not queued."""

@@ -207,7 +207,7 @@ def test_status_json_keys_follow_the_contract(tmp_path: Path) -> None:
     run_id = store.create(TrainConfig())
     keys = set(json.loads((tmp_path / run_id / "status.json").read_text()))
     assert keys == {"status", "message", "pid", "device", "step", "total_steps", "epoch", "epochs", "eta_s",
-                    "queued_at", "started_at", "updated_at", "finished_at"}
+                    "queued_at", "started_at", "updated_at", "finished_at", "owner"}
 
 
 def test_published_files_get_the_usual_permissions(tmp_path: Path) -> None:
