@@ -23,11 +23,14 @@ that travelled alone (an upload) still carries its configuration.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import timm.data
 import torch
@@ -38,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import load_backbone
 from .callbacks import Callback
 from .config import TrainConfig
-from .errors import ConfigError, KarstError, RunError
+from .errors import ConfigError, DataError, KarstError, RunError
 from .images import open_image
 from .methods import build_method
 from .model_safety import (
@@ -53,6 +56,7 @@ from .runs import ACTIVE_STATES, RunStore, atomic_write_json, publish, read_json
 
 __all__ = [
     "EXPORT_FORMAT", "RunExporter", "export_result", "export_run", "load_merged", "load_run", "Predictor", "predict",
+    "Confidence", "confidence", "run_class_names", "UNSURE_BELOW", "NEAR_UNIFORM",
 ]
 
 EXPORT_FORMAT = "karst-merged/1"
@@ -266,8 +270,78 @@ def load_merged(path: str | Path, max_bytes: int = MAX_MODEL_BYTES, *,
     return model.eval(), meta
 
 
+# An answer whose top class has less than this is reported as unsure: the model then gives the
+# other classes, together, more weight than its answer.
+UNSURE_BELOW = 0.5
+# Normalised entropy from which an answer is unsure whatever its top probability: with two or
+# three classes even a near blind guess tops 50%.
+NEAR_UNIFORM = 0.9
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """How spread out one softmax answer is.
+
+    This is the model's own doubt, not a test that a picture resembles the training images: a
+    model can be sure about noise. It flags the plain cases (an answer close to a blind guess).
+
+    Attributes:
+        top_prob: the highest class probability (the maximum softmax probability).
+        entropy: the answer's entropy over log(num_classes): 0 = one class certain, 1 = uniform.
+        num_classes: how many classes the model can answer with.
+    """
+
+    top_prob: float
+    entropy: float
+    num_classes: int
+
+    @property
+    def unsure(self) -> bool:
+        return self.top_prob < UNSURE_BELOW or self.entropy >= NEAR_UNIFORM
+
+
+def confidence(probs: torch.Tensor) -> list[Confidence]:
+    """One :class:`Confidence` per row of ``probs`` (N, K), each row a softmax."""
+    probs = probs.detach().float().cpu()
+    k = probs.shape[-1]
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1) / math.log(k) if k > 1 else torch.zeros(len(probs))
+    return [Confidence(top, min(max(h, 0.0), 1.0), k)
+            for top, h in zip(probs.max(-1).values.tolist(), entropy.tolist())]
+
+
+def run_class_names(run: str | Path, runs_dir: str | Path | None = None) -> list[str]:
+    """A run's class names, read from the header of its newest weights file (no model is built)."""
+    run_dir = _run_dir(run, runs_dir)
+    checkpoint = RunStore(run_dir.parent).last_checkpoint(run_dir.name)
+    if checkpoint is None:
+        raise RunError(f"run {run_dir.name} has no saved weights yet; wait for its first snapshot.")
+    try:
+        with safe_open(str(checkpoint), framework="pt") as f:
+            names = json.loads((f.metadata() or {})["class_names"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise RunError(f"{checkpoint} does not say its class names ({type(e).__name__}); "
+                       "delete it to use the run's previous snapshot.") from None
+    return [str(n) for n in names]
+
+
+def _eval_transform(preprocessing: dict[str, Any]) -> Any:
+    return timm.data.create_transform(**preprocessing, is_training=False)
+
+
+def _normalisation(transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (C, 1, 1), of the transform's normalising step; (0, 1) if it has none."""
+    for step in getattr(transform, "transforms", ()):
+        if hasattr(step, "mean") and hasattr(step, "std"):
+            return (torch.as_tensor(step.mean, dtype=torch.float32).reshape(-1, 1, 1),
+                    torch.as_tensor(step.std, dtype=torch.float32).reshape(-1, 1, 1))
+    return torch.zeros(1, 1, 1), torch.ones(1, 1, 1)
+
+
 class Predictor:
     """Images → top-k (class, probability), from a run or an exported merged file.
+
+    :meth:`predict` does it in one call; :meth:`inputs`, :meth:`probabilities`, :meth:`top_k` and
+    :meth:`pixels` are its steps, for a caller that also wants to show what the model was given.
 
     Args:
         model: a classifier returning logits.
@@ -292,28 +366,56 @@ class Predictor:
         if (run_dir / "merged.safetensors").is_file():
             return cls._from_merged(run_dir / "merged.safetensors", device, trusted=True)
         method, backbone, class_names = load_run(run_dir, device=device)
-        return cls(method.model, backbone.transform(), class_names, device)
+        # The very transform its export would record: a run and its merged file see the same pixels.
+        return cls(method.model, _eval_transform(_preprocessing(backbone.data_config)), class_names, device)
 
     @classmethod
     def _from_merged(cls, path: Path, device: str, trusted: bool = False) -> Predictor:
         model, meta = load_merged(path, trusted=trusted)
-        return cls(model, timm.data.create_transform(**meta["preprocessing"]), meta["class_names"], device)
+        return cls(model, _eval_transform(meta["preprocessing"]), meta["class_names"], device)
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k per image; ``images``: paths, PIL images or arrays, as :func:`karst.images.open_image` takes."""
-        if top_k < 1:
-            raise ConfigError(f"top_k={top_k} must be at least 1.")
+    def inputs(self, images: Sequence[Any]) -> torch.Tensor:
+        """The batch the model is given, (N, C, H, W): ``images`` (paths, PIL images or arrays, as
+        :func:`karst.images.open_image` takes) through this predictor's transform."""
         batch = [self.transform(open_image(img)) for img in images]  # DataError for an unreadable image
         if not batch:
-            return []
-        probs = self.model(torch.stack(batch).to(self.device)).float().softmax(-1)
-        k = min(top_k, probs.shape[-1])
-        values, indices = probs.topk(k, dim=-1)
+            raise DataError("no image given; pass at least one image to predict on.")
+        return torch.stack(batch)
+
+    @torch.no_grad()
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes, (N, K) on the CPU, for a batch from :meth:`inputs`."""
+        return self.model(inputs.to(self.device)).float().softmax(-1).cpu()
+
+    def top_k(self, probs: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` most likely (class, probability) per row of ``probs``, most likely first."""
+        if top_k < 1:
+            raise ConfigError(f"top_k={top_k} must be at least 1.")
+        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [
             [(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
             for vs, ix in zip(values, indices)
         ]
+
+    def pixels(self, inputs: torch.Tensor) -> list[np.ndarray]:
+        """A batch from :meth:`inputs` as pictures, (H, W, 3) uint8 each: what the model sees.
+
+        The transform's normalisation is undone; its resize and crop stay, so a 32 px model's
+        picture is 32×32. A transform without a normalising step is shown as is, clipped to 0..1.
+        """
+        mean, std = _normalisation(self.transform)
+        x = (inputs.detach().float().cpu() * std + mean).clamp(0, 1)
+        if x.shape[1] == 1:  # a grey-scale model: shown grey
+            x = x.expand(-1, 3, -1, -1)
+        return [np.ascontiguousarray((img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()) for img in x]
+
+    def predict(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k per image; ``images``: paths, PIL images or arrays, as :func:`karst.images.open_image` takes."""
+        if top_k < 1:
+            raise ConfigError(f"top_k={top_k} must be at least 1.")
+        if not images:
+            return []
+        return self.top_k(self.probabilities(self.inputs(images)), top_k)
 
 
 def predict(

@@ -9,6 +9,7 @@ Gradio values over it; a notebook can use it as is.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -27,11 +28,11 @@ from .data import list_datasets, load_dataset
 from .device import resolve_device
 from .errors import ConfigError, DataError, KarstError, RunError
 from .estimate import RunEstimate, estimate_run
-from .export import Predictor, export_run
+from .export import Confidence, Predictor, confidence, export_run, run_class_names
 from .images import open_image
 from .jobs import JobManager
 from .preflight import Preflight, Roots, SettingsReport, dataset_allowed
-from .runs import ACTIVE_STATES, RunStore
+from .runs import ACTIVE_STATES, RunStore, owner_key
 from .runview import (
     MetricsTail,
     RunView,
@@ -54,21 +55,32 @@ ModelSource = Literal["run", "upload"]
 
 @dataclass
 class Prediction:
-    """Top-k classes for one image."""
+    """Top-k classes for one image, how sure the model is, and the picture it was given."""
 
     name: str
     labels: list[str]
     probs: list[float]
+    confidence: Confidence | None = None
+    seen: np.ndarray | None = None  # the model's input back in RGB, (H, W, 3) uint8: after its resize and crop
+    true_label: str | None = None  # the dataset's class, for an example image
+
+    @property
+    def correct(self) -> bool | None:
+        """Whether the top class is the true one; None when the true class is not known."""
+        return None if self.true_label is None else self.labels[0] == self.true_label
 
 
 def _publish_copy(src: Path, dst: Path) -> Path:
     """``dst`` becomes a hard link to (else a copy of) ``src``, replaced atomically."""
     tmp = dst.with_name(f".{dst.name}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
     except OSError:  # another file system, or links not supported
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+    # rename() between two links of one file does nothing and keeps tmp (POSIX): a repeated download.
+    tmp.unlink(missing_ok=True)
     return dst
 
 
@@ -84,18 +96,30 @@ class Workspace:
     Args:
         runs_dir: the runs directory the engine's worker serves.
         upload_dir: the private folder of uploads (uploaded models are only accepted from here).
-        start_worker: start the engine's worker now, and a watchdog thread that attaches to the runs
-            directory and restarts the worker when runs are queued and it died (the app does; pure-UI
-            tests may not). :meth:`close` stops the watchdog.
+        start_worker: start the engine's worker now and on each launch, and a watchdog thread that
+            attaches to the runs directory and restarts the worker when runs are queued and it died
+            (the app does; pure-UI tests may not: their launches stay queued). :meth:`close` stops the
+            watchdog.
         data_roots: folders that server paths (dataset folders, weight files) must be under, and
             that example images may come from; None allows any path (a notebook), ``()`` none.
         ray: the ``--ray`` flag's value: None trains here; an address (or "" for ``$RAY_ADDRESS``)
             makes the runs directory's worker a ``karst worker --ray`` that sends every launch to
             that Ray cluster (``karst.ray_backend``). An unreachable cluster is a ConfigError here.
+        max_active_per_owner: how many runs one client (``owner`` token) may have queued or running
+            at once; None: no limit. Clients also take turns in the queue (:func:`karst.runs.fair_order`).
+
+    Clients: methods that change a run take an ``owner``, the secret token of the calling client (a
+    browser); a run launched with a token may then be stopped, resumed, renamed or deleted only with
+    that token. ``owner=None`` is the operator (a notebook, the CLI), who may act on every run, and
+    runs launched without a token may be changed by every client.
     """
 
     def __init__(self, runs_dir: str | Path, upload_dir: str | Path, start_worker: bool = True,
-                 data_roots: Roots = None, ray: str | None = None):
+                 data_roots: Roots = None, ray: str | None = None, max_active_per_owner: int | None = None):
+        if max_active_per_owner is not None and max_active_per_owner < 1:
+            raise ConfigError(f"max_active_per_owner={max_active_per_owner}: give 1 or more, or None for no limit.")
+        self.max_active_per_owner = max_active_per_owner
+        self._start_worker = start_worker
         self.ray = ray_address(ray)
         if start_worker and self.ray:
             prepare_ray(self.ray)  # an unreachable cluster: one line, before anything is created
@@ -111,6 +135,7 @@ class Workspace:
         self.preflight = Preflight(data_roots, self.upload_dir)
         self.tail = MetricsTail(self.store)
         self._lock = threading.Lock()
+        self._launch_lock = threading.Lock()
         self._models = LRU(2)  # predictor key -> loaded predictor
         self._examples = LRU(4)  # dataset spec -> example images
 
@@ -148,17 +173,46 @@ class Workspace:
         sizes = next((d.get("sizes") for d in list_datasets() if d["name"] == config.dataset), None)
         return estimate_run(config, sizes, self.store.list_runs(), device)
 
-    def launch(self, form: Any) -> str:
-        """Queue a run in the engine's worker and return its id (raises KarstError if invalid)."""
+    def launch(self, form: Any, owner: str | None = None) -> str:
+        """Queue a run in the engine's worker and return its id (raises KarstError if invalid, or
+        if ``owner`` already has :attr:`max_active_per_owner` runs queued or running)."""
         report = self.check(form)
         if not report.ok:
             raise ConfigError(report.message, field=report.field)
-        return self.jobs.submit(self.preflight.config(form))
+        config = self.preflight.config(form)
+        key = owner_key(owner) if owner else None
+        with self._launch_lock:  # two clicks at once must not both pass the limit
+            if key and self.max_active_per_owner:
+                self._check_share(key)
+            return self.jobs.submit(config, start_worker=self._start_worker, owner=key)
 
-    def stop(self, run_id: str | None) -> str:
+    def _check_share(self, key: str) -> None:
+        mine = [run_id for run_id in self.store.run_ids() if self._owner_of(run_id, active=True) == key]
+        if len(mine) >= self.max_active_per_owner:
+            raise RunError(f"you already have {len(mine)} runs queued or running ({', '.join(mine)}) and each browser "
+                           f"may have {self.max_active_per_owner} at once, so everyone gets a turn; wait for one "
+                           "to end or stop one, then launch again.")
+
+    def _owner_of(self, run_id: str, active: bool = False) -> str | None:
+        """The owner key a run recorded (None: none, or unreadable; ``active``: only for a queued or running run)."""
+        try:
+            status = self.store.read_status(run_id)
+        except RunError:
+            return None
+        return None if active and status["status"] not in ACTIVE_STATES else status.get("owner")
+
+    def _check_owner(self, run_id: str, owner: str | None, action: str) -> None:
+        """RunError unless ``owner`` may ``action`` the run (see the class docstring)."""
+        recorded = self._owner_of(run_id) if owner is not None else None
+        if recorded and recorded != owner_key(owner):
+            raise RunError(f"run {run_id} was launched from another browser; only the person who launched it can "
+                           f"{action} it (or the operator, on the server: karst cancel / karst delete RUN_ID).")
+
+    def stop(self, run_id: str | None, owner: str | None = None) -> str:
         """Ask a run to stop; says what happened in one line."""
         if not run_id:
             raise RunError("no run selected; pick a run in the list first.")
+        self._check_owner(run_id, owner, "stop")
         before = self.store.read_status(run_id).get("status")
         if before not in ACTIVE_STATES:
             return f"Run {run_id} is {before}: nothing to stop."
@@ -167,14 +221,39 @@ class Workspace:
             return f"Stop requested for {run_id}: cancelled before it started."
         return f"Stop requested for {run_id}; it ends within one training step."
 
-    def resume(self, run_id: str | None) -> str:
+    def resume(self, run_id: str | None, owner: str | None = None) -> str:
         """Queue a cancelled or interrupted run to continue from its last epoch; says what happened in one line."""
         if not run_id:
             raise RunError("no run selected; pick a cancelled or interrupted run in the list first.")
+        self._check_owner(run_id, owner, "resume")
+        key = self._owner_of(run_id)
+        if key and self.max_active_per_owner:
+            self._check_share(key)
         epoch, _ = self.store.prepare_resume(run_id)
         self.jobs.ensure_worker()
         where = f"from epoch {epoch}" if epoch else "from the start (it saved no training state)"
         return f"Resuming {run_id} {where}: queued."
+
+    def client_secret(self) -> str:
+        """A random secret of this runs directory (``.client-secret``, readable by its owner only),
+        the same across restarts: a front end encrypts what it keeps in browsers (their client
+        token) with it, so restarting the app does not forget who launched which run."""
+        path = self.runs_dir / ".client-secret"
+        if not path.is_file():
+            tmp = path.with_name(f".client-secret.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+            try:
+                os.link(tmp, path)  # atomic and never replaces: two apps starting at once agree on one secret
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        secret = path.read_text().strip()
+        if len(secret) < 16:
+            raise RunError(f"{path} is damaged (too short); delete it and restart (browsers then get new tokens).")
+        return secret
 
     def close(self) -> None:
         """Detach from the runs directory (stop the watchdog); the worker finishes what is queued."""
@@ -306,16 +385,19 @@ class Workspace:
     def run_meta(self, run_id: str) -> dict[str, str]:
         return self.store.read_meta(run_id)
 
-    def set_run_meta(self, run_id: str | None, name: str | None, note: str | None) -> dict[str, str]:
+    def set_run_meta(self, run_id: str | None, name: str | None, note: str | None,
+                     owner: str | None = None) -> dict[str, str]:
         """Name and annotate a run (see :meth:`karst.runs.RunStore.write_meta`)."""
         if not run_id:
             raise RunError("no run selected; pick a run in the list first.")
+        self._check_owner(run_id, owner, "rename")
         return self.store.write_meta(run_id, name=name, note=note)
 
-    def delete(self, run_id: str | None) -> str:
+    def delete(self, run_id: str | None, owner: str | None = None) -> str:
         """Delete a run folder that is not queued or running; says what happened in one line."""
         if not run_id:
             raise RunError("no run selected; pick a run in the list first.")
+        self._check_owner(run_id, owner, "delete")
         try:
             state = self.store.read_status(run_id).get("status")
         except RunError:
@@ -371,16 +453,35 @@ class Workspace:
                 self._models.put(key, predictor)
         return predictor
 
+    def model_classes(self, source: ModelSource, run_id: str | None, model_files: Sequence[str] | None) -> list[str]:
+        """The classes the chosen model answers with (a run's are read without building its model)."""
+        if source == "run":
+            if not run_id:
+                raise RunError("no run selected; pick a finished run or upload a merged model.")
+            return run_class_names(self.store.path(run_id))
+        return self._predictor(source, run_id, model_files).class_names
+
     def predict(self, source: ModelSource, run_id: str | None, model_files: Sequence[str] | None,
-                images: Sequence[Any], top_k: int) -> list[Prediction]:
-        """Top-k classes for each image with a run's model or an uploaded merged model."""
+                images: Sequence[Any], top_k: int, true_labels: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Top-k classes for each image with a run's model or an uploaded merged model.
+
+        Each :class:`Prediction` also says how sure the model is and carries the picture the model
+        was given, made by the same transform. ``true_labels`` (one per image, None where unknown)
+        are the dataset's classes of example images.
+        """
         pil = [open_image(im) for im in images]  # fail on a non-image before loading any model
         if not pil:
             raise DataError("no image given; upload, paste, draw or pick an example first.")
         predictor = self._predictor(source, run_id, model_files)
+        inputs = predictor.inputs(pil)
+        probs = predictor.probabilities(inputs)
         names = [_image_name(im, i) for i, im in enumerate(images)]
-        results = predictor.predict(pil, top_k=int(top_k))
-        return [Prediction(n, [c for c, _ in r], [float(p) for _, p in r]) for n, r in zip(names, results)]
+        truths = list(true_labels) if true_labels is not None else [None] * len(pil)
+        if len(truths) != len(pil):
+            raise ConfigError(f"{len(truths)} true labels for {len(pil)} images; give one per image (None if unknown).")
+        return [Prediction(name, [c for c, _ in ranked], [p for _, p in ranked], sure, seen, truth)
+                for name, ranked, sure, seen, truth in zip(names, predictor.top_k(probs, int(top_k)), confidence(probs),
+                                                           predictor.pixels(inputs), truths)]
 
     def _uploaded_model(self, files: Sequence[str] | None) -> Path:
         """Put an uploaded merged model (and its optional .json) side by side under one stem."""
@@ -407,13 +508,18 @@ class Workspace:
 
     def example_images(self, run_id: str | None, dataset: str | None = None, n: int = 8) -> list[Image.Image]:
         """A few images of the run's dataset (or ``dataset``) to predict on with one click (cached)."""
+        return [image for image, _ in self.labelled_examples(run_id, dataset, n)]
+
+    def labelled_examples(self, run_id: str | None, dataset: str | None = None,
+                          n: int = 8) -> list[tuple[Image.Image, str | None]]:
+        """:meth:`example_images` with each one's true class (None where the dataset does not say)."""
         spec = self.store.read_config(run_id).dataset if run_id else dataset
         if not spec or not dataset_allowed(spec, self.preflight.roots, self.upload_dir):
             return []  # e.g. a CLI run on a folder outside the data roots: its images are not served
         with self._lock:
-            cached = self._examples.get(spec)
+            cached = self._examples.get((spec, n))
         if cached is None:
-            cached = load_dataset(spec, transform=None).example_images(n)
+            cached = load_dataset(spec, transform=None).labelled_examples(n)
             with self._lock:
-                self._examples.put(spec, cached)
+                self._examples.put((spec, n), cached)
         return cached

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm.data
 import torch
-from helpers import env, tiny_config, trained_run
+from helpers import TINY_DATA, env, make_tiny, tiny_config, trained_run
 from PIL import Image
 
+from karst.data import load_dataset
 from karst.errors import ConfigError, DataError, RunError
-from karst.export import Predictor, export_run, load_merged, load_run, predict
+from karst.export import Predictor, confidence, export_run, load_merged, load_run, predict
 from karst.jobs import run_foreground
+from karst.workspace import Workspace
 
 # Loads merged.safetensors exactly as the export docstring says, in a process that cannot import
 # karst (its folder is not on the path and the import is blocked), and prints the logits.
@@ -138,3 +141,80 @@ def test_lora_run_exports_to_plain_timm(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), method.model(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- what the Predict tab shows
+def _fixed_answer(bias: list[float]) -> Predictor:
+    """A real tiny ViT whose head gives softmax(bias) for every picture (its weights are zeroed)."""
+    model = make_tiny("vit", num_classes=len(bias))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(bias))
+    names = [f"class {i}" for i in range(len(bias))]
+    return Predictor(model, timm.data.create_transform(**TINY_DATA), names)
+
+
+@pytest.mark.parametrize("probs,unsure", [
+    ([0.97, 0.01, 0.01, 0.01], False),
+    ([0.25, 0.25, 0.25, 0.25], True),  # a blind guess
+    ([0.45] + [0.55 / 9] * 9, True),  # top class under 50%
+    ([0.6, 0.4], True),  # two classes: over 50%, but close to a coin toss (entropy 0.97)
+    ([0.95, 0.05], False),
+])
+def test_confidence_flags_spread_answers_only(probs: list[float], unsure: bool) -> None:
+    (sure,) = confidence(torch.tensor([probs]))
+    assert sure.unsure is unsure and sure.num_classes == len(probs)
+    assert sure.top_prob == pytest.approx(max(probs))
+    expected = -sum(q * np.log(q) for q in probs) / np.log(len(probs))
+    assert sure.entropy == pytest.approx(expected, abs=1e-5)
+
+
+def test_confidence_of_a_real_model_both_ways() -> None:
+    noise = _images(2, seed=3)
+    blind = _fixed_answer([0.0] * 4)
+    for sure in confidence(blind.probabilities(blind.inputs(noise))):
+        assert sure.unsure and sure.top_prob == pytest.approx(0.25, abs=1e-5) and sure.entropy == pytest.approx(1.0)
+    certain = _fixed_answer([6.0, 0.0, 0.0, 0.0])  # softmax: e^6 / (e^6 + 3) = 0.993 on class 0
+    probs = certain.probabilities(certain.inputs(noise))
+    assert [c.unsure for c in confidence(probs)] == [False, False]
+    assert certain.top_k(probs, 1) == [[("class 0", pytest.approx(0.9926, abs=1e-3))]] * 2
+
+
+def test_pixels_are_exactly_what_the_model_is_given(tmp_path_factory, tmp_path: Path) -> None:
+    run = trained_run(tmp_path_factory.getbasetemp())
+    picture = np.zeros((64, 96, 3), dtype=np.uint8)
+    picture[:, :48] = (200, 30, 10)  # left half red, right half blue: survives a resize to 32 px
+    picture[:, 48:] = (10, 60, 220)
+    by_file = Predictor.from_source(run)  # through merged.safetensors and its recorded preprocessing
+    inputs = by_file.inputs([Image.fromarray(picture)])
+    (seen,) = by_file.pixels(inputs)
+    assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8  # the tiny model's 32 px, centre-cropped
+    assert tuple(seen[16, 2]) == pytest.approx((200, 30, 10), abs=2)
+    assert tuple(seen[16, 29]) == pytest.approx((10, 60, 220), abs=2)
+    mean, std = torch.tensor(TINY_DATA["mean"]).view(3, 1, 1), torch.tensor(TINY_DATA["std"]).view(3, 1, 1)
+    back = (torch.from_numpy(seen).permute(2, 0, 1) / 255 - mean) / std
+    torch.testing.assert_close(back, inputs[0], rtol=0, atol=0.5 / 255 / 0.25 + 1e-6)  # within rounding to uint8
+    # The run rebuilt from its adapter (no merged file) sees the very same pixels.
+    unmerged = shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("merged.*"))
+    (again,) = Predictor.from_source(unmerged).pixels(Predictor.from_source(unmerged).inputs([picture]))
+    np.testing.assert_array_equal(again, seen)
+
+
+def test_workspace_predicts_examples_with_their_true_class(tmp_path_factory, tmp_path: Path) -> None:
+    run = trained_run(tmp_path_factory.getbasetemp())
+    space = Workspace(run.parent, tmp_path / "uploads", start_worker=False)
+    bundle = load_dataset("synth-objects", transform=None)
+    examples = space.labelled_examples(run.name, n=4)
+    assert [label for _, label in examples] == bundle.class_names[:4]  # one per class, in class order
+    first_apple = int(np.flatnonzero(np.asarray(bundle.train.labels) == 0)[0])
+    np.testing.assert_array_equal(np.asarray(examples[0][0]), np.asarray(bundle.train.image(first_apple)))
+    assert space.model_classes("run", run.name, None) == bundle.class_names
+    images = [examples[0][0], examples[1][0], _images(1)[0]]
+    preds = space.predict("run", run.name, None, images, 3, true_labels=[examples[0][1], examples[1][1], None])
+    for p in preds:
+        assert p.seen.shape == (32, 32, 3) and p.confidence.num_classes == 10 and len(p.labels) == 3
+        assert p.confidence.top_prob == pytest.approx(p.probs[0])
+    assert [p.true_label for p in preds] == [*bundle.class_names[:2], None]
+    assert [p.correct for p in preds] == [preds[0].labels[0] == "apple", preds[1].labels[0] == "strawberry", None]
+    with pytest.raises(ConfigError, match="one per image"):
+        space.predict("run", run.name, None, images, 3, true_labels=["apple"])

@@ -152,6 +152,11 @@ class DatasetBundle:
 
     def example_images(self, n: int = 8) -> list[Image.Image]:
         """Up to ``n`` RGB training images, cycling over classes so each one appears."""
+        return [image for image, _ in self.labelled_examples(n)]
+
+    def labelled_examples(self, n: int = 8) -> list[tuple[Image.Image, str | None]]:
+        """Up to ``n`` (RGB training image, its class name) pairs, cycling over classes so each one
+        appears; the name is None for a source that does not list its labels."""
         ds = self.train
         labels = getattr(ds, "labels", None)
         if labels is None:
@@ -166,7 +171,7 @@ class DatasetBundle:
             while len(order) < min(n, len(ds)):
                 order += [q[depth] for q in queues if depth < len(q)][: n - len(order)]
                 depth += 1
-        return [ds.image(i) for i in order]
+        return [(ds.image(i), None if labels is None else self.class_names[int(labels[i])]) for i in order]
 
 
 # ----------------------------------------------------------------------------------------------
