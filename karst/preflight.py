@@ -48,7 +48,8 @@ Roots = Sequence[str | Path] | None
 # config reach all of them).
 FORM_SETTINGS: tuple[str, ...] = (
     "pretrained", "method.name", "method.adapter.n_kernels", "method.adapter.stack_dim", "method.adapter.rank",
-    "method.adapter.rescale", "lr", "epochs", "batch_size", "seed", "device", "max_train_samples", "probe_size",
+    "method.adapter.rescale", "method.lora_alpha", "lr", "epochs", "warmup_epochs", "batch_size", "seed", "device",
+    "max_train_samples", "probe_size",
 )
 # Head size assumed by the parameter count while the real number of classes is unknown
 # (folders, zips and torchvision sets are only read by the worker).

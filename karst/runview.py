@@ -97,18 +97,21 @@ def _setting_text(path: str, value: Any) -> str:
     return f"{name} {value}"
 
 
-def distinguishing_labels(configs: dict[str, TrainConfig | None],
-                          names: dict[str, str] | None = None) -> dict[str, str]:
+def distinguishing_labels(configs: dict[str, TrainConfig | None], names: dict[str, str] | None = None,
+                          id_tails: bool = True) -> dict[str, str]:
     """A label per run that shows every setting differing between ``configs`` (run id → config).
 
     Starts from :func:`run_label` and adds each setting whose value differs among the runs and
     that the run's method uses ("karst N2 m8 r8 · rescale none"). A run with a name given by the
-    user (``names``) is labelled by it. Runs that still share a label get their id's last 4 characters.
+    user (``names``) is labelled by it. Runs that still share a label get their id's last 4 characters
+    (``id_tails``; off where the label shows the whole id anyway).
     """
     names = names or {}
     flat = {run_id: _flat(config.to_dict()) if config else {} for run_id, config in configs.items()}
     paths = sorted({p for f in flat.values() for p in f} - _UNLABELLED - {"method.name"})
-    differing = [p for p in paths if len({repr(f.get(p)) for f in flat.values()}) > 1]
+    # Among readable configs only: a damaged run (no config) would make every setting "differ".
+    readable = [f for f in flat.values() if f]
+    differing = [p for p in paths if len({repr(f.get(p)) for f in readable}) > 1]
     labels = {}
     for run_id, config in configs.items():
         if names.get(run_id):
@@ -122,7 +125,8 @@ def distinguishing_labels(configs: dict[str, TrainConfig | None],
     counts: dict[str, int] = {}
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
-    return {run_id: (f"{label} #{run_id[-4:]}" if counts[label] > 1 else label) for run_id, label in labels.items()}
+    return {run_id: (f"{label} #{run_id[-4:]}" if counts[label] > 1 and id_tails else label)
+            for run_id, label in labels.items()}
 
 
 # Distinct on white and readable as thin lines; a run keeps its colour in every plot.
@@ -222,12 +226,19 @@ def _meta(store: RunStore, run_id: str) -> dict[str, str]:
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str, float | None]]:
-    """(label, run id, accuracy) of every run, newest first; the label reads "id · [name ·] method · state"."""
+    """(label, run id, accuracy) of every run, newest first.
+
+    The label leads with what tells the runs apart, since a narrow picker shows only its start:
+    "[name ·] method and the settings that differ between the runs · state · run id" (the id begins
+    with the date and time the run was made, and lets a user find a run by typing part of it).
+    """
+    listed = store.list_runs()
+    settings = distinguishing_labels({r["run_id"]: run_config(r.get("config")) for r in listed}, id_tails=False)
     out = []
-    for r in store.list_runs():
+    for r in listed:
         state = _state_text(r.get("status") or {}) or "?"  # an unreadable one says why: repair or delete it
         name = _meta(store, r["run_id"])["name"]
-        label = " · ".join([r["run_id"], *([name] if name else []), run_label(run_config(r.get("config"))), state])
+        label = " · ".join([*([name] if name else []), settings[r["run_id"]], state, r["run_id"]])
         out.append((label, r["run_id"], _summary_acc(r.get("summary") or {})))
     return out
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from karst.config import DEFAULT_LR
+from karst.config import DEFAULT_LR, MethodConfig
 from karst.errors import BackboneError, ConfigError, DataError, KarstError
-from karst.preflight import SetupForm, backbone_spec, dataset_allowed, dataset_spec
+from karst.preflight import FORM_SETTINGS, Preflight, SetupForm, backbone_spec, dataset_allowed, dataset_spec, form_key
 
 
 def test_default_form_is_the_embedded_default():
@@ -82,3 +82,36 @@ def test_server_paths_only_under_the_roots_with_one_answer(tmp_path):
         backbone_spec("catalogue", str(outside / "w.safetensors"), "", "", roots=[root])
     assert dataset_allowed("synth-objects", []) and not dataset_allowed(str(outside), [root])
     assert dataset_allowed(str(root / "data"), [root])
+
+
+@pytest.mark.parametrize("changes,warmup", [
+    ({}, 1),  # empty: 1 warm-up epoch ...
+    ({"epochs": 1}, 0),  # ... or none for a one-epoch run
+    ({"warmup_epochs": ""}, 1),  # an emptied text box is the default too
+    ({"warmup_epochs": "3", "epochs": 10}, 3),
+    ({"warmup_epochs": 0.0}, 0),
+])
+def test_form_warmup_epochs_reach_the_config(changes, warmup):
+    assert SetupForm().warmup_epochs is None
+    assert SetupForm(**changes).to_train_config().warmup_epochs == warmup
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"warmup_epochs": 6, "epochs": 6}, "must be smaller than epochs=6"),
+    ({"warmup_epochs": "-1"}, "warmup_epochs=-1 must be an integer >= 0"),
+    ({"warmup_epochs": "1.5"}, "Warm-up epochs='1.5' must be a whole number"),
+])
+def test_form_warmup_errors_name_the_warmup_field(changes, fragment):
+    with pytest.raises(ConfigError) as err:
+        SetupForm(**changes).to_train_config()
+    assert fragment in str(err.value) and err.value.field == "warmup_epochs"
+    report = Preflight().check(SetupForm(**changes))
+    assert not report.ok and form_key(report.field) == "warmup_epochs"  # the form marks this field
+
+
+def test_form_lora_alpha_is_the_runs_alpha():
+    assert SetupForm().lora_alpha == MethodConfig().lora_alpha
+    assert SetupForm(method="lora", lora_alpha=32.0).to_train_config().method.lora_alpha == 32.0
+    assert {"method.lora_alpha", "warmup_epochs"} <= set(FORM_SETTINGS)
+    with pytest.raises(ConfigError, match="lora_alpha"):
+        SetupForm(method="lora", lora_alpha=0).to_train_config()

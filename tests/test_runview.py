@@ -80,3 +80,31 @@ def test_name_note_and_compare_row(tmp_path, tmp_path_factory):
     assert (row["lr"], row["epochs"], row["batch_size"], row["train_images"], row["rescale"]) == (
         3e-3, 2, 32, 64, "channel")
     assert row["label"] == "tiny baseline" and row["name"] == "tiny baseline"
+
+
+def test_picker_labels_lead_with_what_tells_runs_apart(tmp_path):
+    from karst.config import TrainConfig
+    from karst.runs import RunStore
+    from karst.runview import run_choices
+
+    store = RunStore(tmp_path)
+    ids = {}
+    for key, config in (("channel", TrainConfig(epochs=1)), ("none", TrainConfig.from_dict(
+            {"epochs": 1, "method": {"name": "karst", "adapter": {"rescale": "none"}}})),
+            ("lora", TrainConfig(epochs=1, method="lora")), ("twin", TrainConfig(epochs=1, method="lora"))):
+        ids[key] = store.create(config)
+    store.write_meta(ids["none"], name="ablation")
+    labels = {run_id: label for label, run_id, _ in run_choices(store)}
+    assert labels[ids["channel"]] == f"karst N2 m8 r8 · lr 0.01 · rescale channel · queued · {ids['channel']}"
+    assert labels[ids["none"]].startswith("ablation · karst N2 m8 r8 · lr 0.01 · rescale none · queued")
+    # Twins are told apart by the whole id at the end, not by a second copy of its tail.
+    assert labels[ids["twin"]] == f"lora r8 · lr 0.003 · queued · {ids['twin']}" and "#" not in labels[ids["twin"]]
+    assert all(label.endswith(run_id) for run_id, label in labels.items())  # the id stays findable by typing
+
+
+def test_labels_ignore_a_damaged_run_when_finding_what_differs():
+    from karst.config import TrainConfig
+    from karst.runview import distinguishing_labels
+
+    labels = distinguishing_labels({"a": TrainConfig(), "b": TrainConfig(seed=1), "broken": None})
+    assert labels == {"a": "karst N2 m8 r8 · seed 0", "b": "karst N2 m8 r8 · seed 1", "broken": "?"}
