@@ -26,7 +26,8 @@ from pathlib import Path
 __all__ = ["AppOptions", "parse_args", "parse_auth", "build_demo", "launch", "main"]
 
 CSS = """
-.karst-progress-text { font-size: 0.9em; color: var(--body-text-color-subdued); }
+/* Progress is read from the back of a room too: body size and contrast, in every mode. */
+.karst-progress-text { font-size: var(--text-md); color: var(--body-text-color); }
 #settings-check { min-height: 2.5em; }
 #run-details-table td:first-child { min-width: 7.5em; word-break: normal; overflow-wrap: normal; }
 @media (min-width: 640px) { #run-details-table td:first-child { white-space: nowrap; } }
@@ -35,6 +36,39 @@ CSS = """
 .karst-field-error input, .karst-field-error textarea { border-color: #d62728 !important;
   box-shadow: 0 0 0 1px #d62728 !important; }
 .karst-field-error [data-testid="block-info"], .karst-field-error .info { color: #b31b1b !important; }
+/* The title line: the heading, and the lecture-mode toggle at its right end, on one line at any width. */
+#title-row { flex-wrap: nowrap; align-items: center; }
+#title-row > #title { flex: 1 1 auto; }
+#title-row > #lecture-mode { flex: 0 0 auto; width: auto; background: none; border-width: 0; box-shadow: none; }
+@media (max-width: 480px) { #title h1 { font-size: 1.6em; } }
+
+/* Plots follow the theme: figures are see-through (components/plots.py), and in the dark theme
+   their text and grid lines take the page's colours. Hover labels keep plotly's own contrast. */
+.dark .js-plotly-plot .main-svg text:not(.hoverlayer text) { fill: var(--body-text-color) !important; }
+.dark .js-plotly-plot .gridlayer path, .dark .js-plotly-plot .zerolinelayer path {
+  stroke: rgba(255, 255, 255, 0.16) !important; }
+
+/* Lecture mode (components/lecture.py puts the class on <body>): larger print, compact header.
+   The theme's derived sizes are restated: they were computed from the old sizes at :root. */
+:root body.karst-lecture {
+  --text-xxs: 12px; --text-xs: 13px; --text-sm: 15px; --text-md: 18px; --text-lg: 20px; --text-xl: 26px;
+  --text-xxl: 30px;
+  --body-text-size: var(--text-md); --prose-text-size: var(--text-md); --input-text-size: var(--text-md);
+  --block-info-text-size: var(--text-sm); --block-label-text-size: var(--text-md);
+  --block-title-text-size: var(--text-md); --section-header-text-size: var(--text-md);
+  --checkbox-label-text-size: var(--text-md);
+  --button-medium-text-size: var(--text-md); --button-large-text-size: var(--text-lg);
+}
+.karst-lecture #intro { display: none; }
+.karst-lecture #title h1 { font-size: var(--text-xxl); margin: 0; }
+.karst-lecture #header-row [data-testid="block-info"] { display: none; }
+.karst-lecture #tabs [role="tab"] { font-size: 16px; padding-left: 10px; padding-right: 10px; }
+.karst-lecture :is(#curves, #curves-other) [data-testid="block-label"] { display: none; }
+/* The teaching column goes below the curves, which get the full width. */
+.karst-lecture #watch-row { flex-direction: column; align-items: stretch; }
+/* ...and never wider than the page: a figure still at its old width must not widen the column. */
+.karst-lecture #watch-row > * { min-width: 0; max-width: 100%; }
+/* Plot text grows in the figures' layouts (components/lecture.py), where plotly makes room for it. */
 """
 
 
@@ -50,6 +84,7 @@ class AppOptions:
     check: bool = False
     data_roots: tuple[Path, ...] = ()  # folders server paths may be under; none by default
     ray: str | None = None  # --ray: send launches to a Ray cluster ("" = $RAY_ADDRESS or auto)
+    max_runs_per_browser: int = 3  # runs one browser may have queued or running at once; 0: no limit
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -78,12 +113,25 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="send launches to a Ray cluster: HOST:PORT, ray://HOST:PORT, 'local' (127.0.0.1 only) or "
                    "nothing ($RAY_ADDRESS); the run folders stay here (pip install -r requirements-ray.txt)")
+    p.add_argument("--max-runs-per-browser", type=_count, default=3, metavar="N",
+                   help="runs one browser (or API client) may have queued or running at once, so a lab shares the "
+                   "queue fairly; browsers also take turns in it (default 3; 0: no limit)")
     p.add_argument("--check", action="store_true",
                    help="build the whole app (catalogues, panels, events) and exit without serving")
     a = p.parse_args(argv)
     return AppOptions(host=a.host, port=a.port, runs_dir=a.runs_dir, auth=a.auth, share=a.share,
                       max_file_size=a.max_file_size, start_worker=not a.check, check=a.check,
-                      data_roots=tuple(a.data_root), ray=a.ray)
+                      data_roots=tuple(a.data_root), ray=a.ray, max_runs_per_browser=a.max_runs_per_browser)
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 0 or more")
+    return number
 
 
 def private_upload_dir() -> Path:
@@ -102,12 +150,17 @@ def build_demo(runner):
     """Build the Blocks: header (run picker) above six tabs, each from its panel module."""
     import gradio as gr
 
-    from components import alignment, compare, header, kernels, predict, setup, sweeps, texts, watch
+    from components import alignment, compare, header, kernels, lecture, predict, setup, sweeps, texts, watch
 
     with gr.Blocks(title="KARST Studio") as demo:
-        gr.Markdown(texts.TITLE)
+        title, _, intro = texts.TITLE.partition("\n")  # the heading line, then the introduction
+        with gr.Row(equal_height=True, elem_id="title-row"):
+            gr.Markdown(title, elem_id="title")
+            lecture_mode = lecture.build()
+        gr.Markdown(intro, elem_id="intro")
         head = header.build(runner)
-        with gr.Tabs(selected="setup", elem_id="tabs") as tabs:
+        # "wrap": on a phone every tab stays on the bar (in rows) instead of hiding behind a "⋯" menu.
+        with gr.Tabs(selected="setup", elem_id="tabs", overflow_behavior="wrap") as tabs:
             with gr.Tab("1 · Setup & launch", id="setup", elem_id="tab-setup") as t_setup:
                 setup_panel = setup.build(runner)
             with gr.Tab("2 · Watch", id="watch", elem_id="tab-watch") as t_watch:
@@ -128,6 +181,7 @@ def build_demo(runner):
             tab.select(lambda tid=tab_id: tid, None, head.tab, api_visibility="private", queue=False)
 
         header.bind(head, runner, demo, tabs)
+        lecture.bind(lecture_mode, demo)
         setup.bind(setup_panel, runner, head, tabs, demo)
         watch.bind(watch_panel, runner, head)
         kernels.bind(kernels_panel, runner, head.run, t_kernels, head.tab)
@@ -152,7 +206,8 @@ def launch(options: AppOptions, *, prevent_thread_lock: bool = False):
 
     runs_dir = options.runs_dir.resolve()
     runner = Runner(runs_dir, upload_dir, start_worker=options.start_worker,
-                    data_roots=[root.resolve() for root in options.data_roots], ray=options.ray)
+                    data_roots=[root.resolve() for root in options.data_roots], ray=options.ray,
+                    max_active_per_owner=options.max_runs_per_browser or None)
     atexit.register(runner.close)  # detach: the worker may then idle-exit once nothing is queued
     demo = build_demo(runner)
     demo.queue(default_concurrency_limit=2)

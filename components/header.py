@@ -14,6 +14,8 @@ import gradio as gr
 
 from karst.runs import ACTIVE_STATES
 
+from . import clients
+from .clients import Clients, client_id
 from .guard import guarded, log
 from .runner import Runner
 
@@ -34,19 +36,24 @@ class Header:
     timer: gr.Timer
     runs_sig: gr.State
     tab: gr.State  # id of the selected tab, so hidden views skip work
+    clients: Clients  # who is asking (launchers stop their own runs)
 
 
 def build(runner: Runner) -> Header:
     """Lay out the run picker row (no events)."""
-    with gr.Row(equal_height=True):
-        run = gr.Dropdown(label="Run (all views show this run)", choices=[], value=None, scale=6,
+    # The buttons share one line beside the picker, so the header stays short: at 1024×768 (a
+    # projector) the curves below must start on screen.
+    with gr.Row(equal_height=True, elem_id="header-row"):
+        run = gr.Dropdown(label="Run (all views show this run)", choices=[], value=None, scale=5, min_width=300,
                           elem_id="run-picker", interactive=True, allow_custom_value=True)
-        refresh = gr.Button("↻ Refresh list", scale=1, size="sm", elem_id="refresh-runs")
-        stop = gr.Button("■ Stop run", variant="stop", scale=1, size="sm", elem_id="stop-run")
-        resume = gr.Button("▶ Resume run", scale=1, size="sm", elem_id="resume-run")
+        with gr.Column(scale=3, min_width=320), gr.Row(elem_id="header-actions"):
+            refresh = gr.Button("↻ Refresh list", size="sm", min_width=90, elem_id="refresh-runs")
+            stop = gr.Button("■ Stop run", variant="stop", size="sm", min_width=90, elem_id="stop-run")
+            resume = gr.Button("▶ Resume run", size="sm", min_width=90, elem_id="resume-run")
     message = gr.Markdown(elem_id="header-message")
     return Header(run=run, refresh=refresh, stop=stop, resume=resume, message=message,
-                  timer=gr.Timer(LIST_POLL_SECONDS), runs_sig=gr.State(()), tab=gr.State("setup"))
+                  timer=gr.Timer(LIST_POLL_SECONDS), runs_sig=gr.State(()), tab=gr.State("setup"),
+                  clients=clients.build(runner))
 
 
 def attach(runner: Runner) -> tuple:
@@ -83,15 +90,16 @@ def refresh_runs(runner: Runner, run_id: str | None) -> tuple:
         runner.runs_signature()
 
 
-def resume_run(runner: Runner, run_id: str | None) -> str:
+def resume_run(runner: Runner, run_id: str | None, owner: str) -> str:
     """Queue a cancelled or interrupted run to continue from its last epoch (a one-line error otherwise)."""
-    message = runner.resume(run_id)
+    message = runner.resume(run_id, owner=owner)
     gr.Info(message)
     return message
 
 
-def stop_run(runner: Runner, run_id: str | None) -> str:
-    message = runner.stop(run_id)
+def stop_run(runner: Runner, run_id: str | None, owner: str) -> str:
+    """Stop a run this browser launched (or one launched from the server), else say who may."""
+    message = runner.stop(run_id, owner=owner)
     gr.Info(message)
     return message
 
@@ -103,5 +111,14 @@ def bind(h: Header, runner: Runner, demo: gr.Blocks, tabs: gr.Tabs) -> None:
                  show_progress="hidden", concurrency_limit=None, api_visibility="private")
     h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],
                     api_name="list_runs")
-    h.stop.click(guarded(partial(stop_run, runner)), inputs=[h.run], outputs=[h.message], api_name="stop")
-    h.resume.click(guarded(partial(resume_run, runner)), inputs=[h.run], outputs=[h.message], api_name="resume")
+    clients.bind(h.clients, demo)
+
+    # Closures, not partials: Gradio finds the gr.Request parameter through the annotations.
+    def stop(run_id: str | None, token: str | None, request: gr.Request) -> str:
+        return stop_run(runner, run_id, client_id(token, request))
+
+    def resume(run_id: str | None, token: str | None, request: gr.Request) -> str:
+        return resume_run(runner, run_id, client_id(token, request))
+
+    h.stop.click(guarded(stop), inputs=[h.run, h.clients.token], outputs=[h.message], api_name="stop")
+    h.resume.click(guarded(resume), inputs=[h.run, h.clients.token], outputs=[h.message], api_name="resume")

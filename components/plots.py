@@ -6,8 +6,10 @@ reused by any panel.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,9 @@ __all__ = [
     "thin",
     "empty_figure",
     "training_curves",
+    "RunCurves",
+    "shared_ranges",
+    "side_by_side_curves",
     "compare_curves",
     "accuracy_vs_params",
     "heatmap",
@@ -39,9 +44,14 @@ __all__ = [
 MAX_HEATMAP_SIDE = 192
 # Step curves of long runs are thinned to this many points; the shape stays readable.
 MAX_CURVE_POINTS = 1500
+TRANSPARENT = "rgba(0,0,0,0)"
 
 _LAYOUT: dict[str, Any] = {
     "template": "plotly_white",
+    # See-through, so a figure sits on the page's own background, dark theme included; app.py's CSS
+    # gives text and grid lines the page's colours there.
+    "paper_bgcolor": TRANSPARENT,
+    "plot_bgcolor": TRANSPARENT,
     "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
     # Pinned to the bottom of the figure, below the x-axis title: plotly grows the margin to fit it,
     # so a legend never covers an axis title, however many rows it wraps to.
@@ -80,6 +90,11 @@ def empty_figure(message: str, height: int = 300) -> go.Figure:
     return fig
 
 
+def _line_mode(xs: Sequence[Any]) -> str:
+    """A lone point (a one-step run) draws nothing as a line: it gets a marker."""
+    return "lines" if len(xs) > 1 else "markers"
+
+
 def training_curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]],
                     total_steps: int | None = None) -> go.Figure:
     """Loss and learning rate per step, train/val accuracy per epoch, side by side.
@@ -92,13 +107,13 @@ def training_curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping
     fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "accuracy", "learning rate"))
     sx, sloss = thin([r["step"] for r in steps], [r["loss"] for r in steps])
     _, slr = thin([r["step"] for r in steps], [r["lr"] for r in steps])
-    fig.add_trace(go.Scatter(x=sx, y=sloss, mode="lines", name="loss", line={"color": "#d62728"}), 1, 1)
+    fig.add_trace(go.Scatter(x=sx, y=sloss, mode=_line_mode(sx), name="loss", line={"color": "#d62728"}), 1, 1)
     ex = [r["epoch"] for r in epochs]
     fig.add_trace(go.Scatter(x=ex, y=[r.get("val_acc") for r in epochs], mode="lines+markers",
                              name="val acc", line={"color": "#1f77b4"}), 1, 2)
     fig.add_trace(go.Scatter(x=ex, y=[r.get("train_acc") for r in epochs], mode="lines+markers",
                              name="train acc", line={"color": "#9ecae1", "dash": "dot"}), 1, 2)
-    fig.add_trace(go.Scatter(x=sx, y=slr, mode="lines", name="lr", line={"color": "#2ca02c"}), 1, 3)
+    fig.add_trace(go.Scatter(x=sx, y=slr, mode=_line_mode(sx), name="lr", line={"color": "#2ca02c"}), 1, 3)
     if total_steps:
         fig.update_xaxes(range=[0, total_steps], row=1, col=1)
         fig.update_xaxes(range=[0, total_steps], row=1, col=3)
@@ -109,6 +124,97 @@ def training_curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping
     fig.update_yaxes(exponentformat="e", row=1, col=3)
     fig.update_layout(**_LAYOUT, height=340)
     return fig
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """One run's records as :func:`side_by_side_curves` draws them.
+
+    Args:
+        label: what tells this run apart from the others shown (``karst.runview.distinguishing_labels``).
+        color: the run's own colour (``Workspace.run_colors``).
+        total_steps / total_epochs: the planned length, so a run in progress grows into a fixed frame.
+    """
+
+    label: str
+    color: str | None
+    steps: Sequence[Mapping[str, Any]]
+    epochs: Sequence[Mapping[str, Any]]
+    total_steps: int | None = None
+    total_epochs: int | None = None
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def shared_ranges(runs: Sequence[RunCurves]) -> dict[str, list[float]]:
+    """Axis ranges holding every run's curves: ``step`` and ``epoch`` (x), ``loss`` and ``acc`` (y).
+
+    Loss starts at 0 so two runs' heights compare directly; a diverged run's NaN or Inf losses
+    are left out of the range.
+    """
+    last_step = max([1.0, *_finite([r.get("step") for run in runs for r in run.steps]),
+                     *_finite([run.total_steps for run in runs])])
+    epochs = _finite([r.get("epoch") for run in runs for r in run.epochs])
+    first_epoch = min(epochs, default=1.0)
+    last_epoch = max([first_epoch, *epochs, *_finite([run.total_epochs for run in runs])])
+    pad = max(0.1, 0.04 * (last_epoch - first_epoch))  # markers at the ends stay whole
+    top = max(_finite([r.get("loss") for run in runs for r in run.steps]), default=0.0)
+    return {"step": [0.0, last_step], "epoch": [first_epoch - pad, last_epoch + pad],
+            "loss": [0.0, 1.05 * top if top > 0 else 1.0], "acc": [0.0, 1.02]}
+
+
+def _run_figure(run: RunCurves, ranges: Mapping[str, list[float]], label_lines: int) -> go.Figure:
+    """Loss over steps above accuracy over epochs, all in the run's colour, on the given ranges, with
+    room for ``label_lines`` lines of label above (the same in every figure, so the panels line up)."""
+    color = run.color or _METHOD_COLORS["karst"]
+    # Axis titles, not panel titles, name the panels: the figure stays short enough for a projector.
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2)
+    sx, sloss = thin([r["step"] for r in run.steps], [r["loss"] for r in run.steps])
+    fig.add_trace(go.Scatter(x=sx, y=sloss, mode=_line_mode(sx), name="loss",
+                             line={"color": color}, marker={"color": color}, cliponaxis=False), 1, 1)
+    ex = [r["epoch"] for r in run.epochs]
+    fig.add_trace(go.Scatter(x=ex, y=[r.get("val_acc") for r in run.epochs], mode="lines+markers",
+                             name="val acc", line={"color": color}), 2, 1)
+    fig.add_trace(go.Scatter(x=ex, y=[r.get("train_acc") for r in run.epochs], mode="lines+markers",
+                             name="train acc", line={"color": color, "dash": "dot"}, marker={"symbol": "circle-open"}),
+                  2, 1)
+    fig.update_xaxes(range=ranges["step"], title_text="step", row=1, col=1)
+    fig.update_xaxes(range=ranges["epoch"], title_text="epoch", row=2, col=1, **_epoch_ticks(ranges["epoch"]))
+    fig.update_yaxes(range=ranges["loss"], title_text="training loss", row=1, col=1)
+    fig.update_yaxes(range=ranges["acc"], tickformat=".0%", title_text="accuracy", row=2, col=1)
+    # The run's label over both panels, in its colour: the key to which side is which run.
+    lines = _label_lines(run.label)
+    fig.add_annotation(text="<br>".join(f"<b>{line}</b>" for line in lines), xref="paper", yref="paper", x=0, y=1,
+                       yshift=12, xanchor="left", yanchor="bottom", align="left", showarrow=False,
+                       font={"size": 15, "color": color})
+    fig.update_layout(**_LAYOUT, height=400 + 20 * label_lines)
+    fig.update_layout(margin={"t": 24 + 20 * label_lines})
+    return fig
+
+
+def _label_lines(label: str, width: int = 34) -> list[str]:
+    """A run label broken at its " · " separators into lines of about ``width`` characters (plotly does not
+    wrap text: a long label would run off a phone-wide figure), HTML-escaped (a user's name may hold '<')."""
+    lines: list[str] = []
+    for part in label.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return [html.escape(line, quote=False) for line in lines]
+
+
+def side_by_side_curves(runs: Sequence[RunCurves]) -> list[go.Figure]:
+    """One figure per run, every one on the same x and y ranges, so curves compare across figures.
+
+    Args:
+        runs: the runs to draw, each with its label and colour.
+    """
+    ranges = shared_ranges(runs)
+    label_lines = max((len(_label_lines(run.label)) for run in runs), default=1)
+    return [_run_figure(run, ranges, label_lines) for run in runs]
 
 
 def compare_curves(curves: Mapping[str, tuple[Sequence[Mapping[str, Any]], str | None]]) -> go.Figure:

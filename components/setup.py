@@ -12,6 +12,7 @@ from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR
 from karst.preflight import form_spec
 
 from . import texts
+from .clients import client_id
 from .guard import guarded
 from .header import Header
 from .runner import Runner, SetupForm
@@ -23,6 +24,10 @@ _METHODS = [("KARST (Kronecker + re-scaling)", "karst"), ("LoRA", "lora"), ("LoK
 _DATASET_SOURCES = [("Embedded task", "embedded"), ("Folder on the server", "folder"),
                     ("VTAB-1K folder", "vtab"), ("Zip upload", "zip"), ("torchvision", "torchvision")]
 _BACKBONE_SOURCES = [("Embedded / timm hub", "catalogue"), ("Local weights file", "file")]
+# Methods whose update is scaled by method.lora_alpha / r (peft's LoRA and LoKr).
+_SCALED = ("lora", "lokr")
+# The form fields the formula panel shows, as texts.method_formula's keywords.
+_FORMULA_KEYS = ("method", "n_kernels", "stack_dim", "rank", "rescale", "lora_alpha")
 
 
 @dataclass
@@ -30,6 +35,7 @@ class SetupPanel:
     form: dict[str, gr.components.Component]  # keyed by SetupForm field name
     check: gr.Markdown
     method_note: gr.Markdown
+    formula: gr.Markdown  # the chosen method's update and parameter count, with the form's numbers
     launch: gr.Button
     fault: gr.State  # (field, message) of the last check, to mark that field
 
@@ -58,6 +64,11 @@ def _widget(key: str, **extra: Any) -> gr.components.Component:
         choices = common.pop("choices", list(spec.choices))
         return gr.Radio(choices, value=value, **common) if len(spec.choices) <= 5 and key != "device" \
             else gr.Dropdown(choices, value=value, **common)
+    if value is None:
+        # A text box, not a Number: Gradio shows an empty Number as 0 and sends 0, which would mean
+        # "no warm-up" or "0 images" instead of the default rule. Empty text is None; the placeholder
+        # says what empty means (the help's "empty: ..." part).
+        return gr.Textbox(None, placeholder=spec.help.partition("empty: ")[2] or None, max_lines=1, **common)
     # No minimum and no rounding here: Gradio would refuse 0 with a message naming no field, and round
     # 2.5 to another value silently; karst's own check names the field and says what to enter.
     return gr.Number(value, **common)
@@ -100,10 +111,14 @@ def build(runner: Runner) -> SetupPanel:
                 with gr.Row():
                     for key in ("n_kernels", "stack_dim", "rank", "rescale"):
                         f[key] = _widget(key)
+                    f["lora_alpha"] = _widget("lora_alpha", visible=d.method in _SCALED)
             with gr.Row():
                 # The learning rate is shown as a number (a browser sends an empty Number as 0);
                 # choosing a method puts that method's default here.
-                for key in ("lr", "epochs", "batch_size", "seed", "device"):
+                for key in ("lr", "epochs", "warmup_epochs"):
+                    f[key] = _widget(key)
+            with gr.Row():
+                for key in ("batch_size", "seed", "device"):
                     f[key] = _widget(key)
             with gr.Accordion("More", open=False):
                 with gr.Row():
@@ -112,8 +127,10 @@ def build(runner: Runner) -> SetupPanel:
             check = gr.Markdown("Checking settings…", elem_id="settings-check")
             launch = gr.Button("▶ Launch", variant="primary", elem_id="launch")
         with gr.Column(scale=2):
-            gr.Markdown(texts.SETUP, latex_delimiters=texts.LATEX_DELIMITERS)
-    return SetupPanel(form=f, check=check, method_note=method_note, launch=launch, fault=gr.State((None, "")))
+            formula = gr.Markdown(show_formula(*(getattr(d, k) for k in _FORMULA_KEYS)),
+                                  latex_delimiters=texts.LATEX_DELIMITERS, elem_id="method-formula")
+    return SetupPanel(form=f, check=check, method_note=method_note, formula=formula, launch=launch,
+                      fault=gr.State((None, "")))
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -143,11 +160,18 @@ def show_method_fields(method: str) -> tuple:
     kron = method == "karst"
     ranked = method in ("karst", "lora", "lokr")
     return (texts.METHOD_NOTES[method], gr.update(visible=kron), gr.update(visible=kron),
-            gr.update(visible=ranked), gr.update(visible=kron), gr.update(value=DEFAULT_LR[method]))
+            gr.update(visible=ranked), gr.update(visible=kron), gr.update(visible=method in _SCALED),
+            gr.update(value=DEFAULT_LR[method]))
 
 
-def launch_run(runner: Runner, *values: Any) -> tuple:
-    run_id = runner.launch(SetupForm(*values))
+def show_formula(*values: Any) -> str:
+    """The formula panel for the form's values of ``_FORMULA_KEYS``."""
+    return texts.method_formula(**dict(zip(_FORMULA_KEYS, values, strict=True)))
+
+
+def launch_run(runner: Runner, owner: str, *values: Any) -> tuple:
+    """Queue a run as this browser's (it may stop it; the queue takes turns between browsers)."""
+    run_id = runner.launch(SetupForm(*values), owner=owner)
     gr.Info(f"Queued {run_id}.")
     return (gr.Dropdown(choices=runner.run_dropdown(), value=run_id), runner.runs_signature(),
             gr.Tabs(selected="watch"), "watch")
@@ -162,12 +186,21 @@ def bind(p: SetupPanel, runner: Runner, header: Header, tabs: gr.Tabs, demo: gr.
                                [f["dataset"], f["dataset_path"], f["dataset_zip"], f["torchvision_name"]],
                                api_visibility="private")
     f["method"].change(show_method_fields, f["method"],
-                       [p.method_note, f["n_kernels"], f["stack_dim"], f["rank"], f["rescale"], f["lr"]],
-                       api_visibility="private")
+                       [p.method_note, f["n_kernels"], f["stack_dim"], f["rank"], f["rescale"], f["lora_alpha"],
+                        f["lr"]], api_visibility="private")
+    # The formula follows every edit at once (a pure text, unlike the check, which builds the model).
+    formula_inputs = [f[k] for k in _FORMULA_KEYS]
+    gr.on([c.change for c in formula_inputs], show_formula, formula_inputs, p.formula, show_progress="hidden",
+          api_visibility="private")
     # Live validation: any edit re-checks; "always_last" drops stale checks while the user types.
     gr.on([c.change for c in p.inputs()] + [demo.load], guarded(partial(check_settings, runner)),
           inputs=p.inputs(), outputs=[p.check, p.fault], trigger_mode="always_last", show_progress="hidden",
           api_name="check_settings").then(mark_fields, p.fault, p.marked(), show_progress="hidden",
                                           api_visibility="private")
-    p.launch.click(guarded(partial(launch_run, runner)), inputs=p.inputs(),
+    # A closure, not a partial: Gradio finds the gr.Request parameter through the annotations.
+    # `request` first: Gradio inserts it by its position among the parameters.
+    def launch(request: gr.Request, token: str | None, *values: Any) -> tuple:
+        return launch_run(runner, client_id(token, request), *values)
+
+    p.launch.click(guarded(launch), inputs=[header.clients.token, *p.inputs()],
                    outputs=[header.run, header.runs_sig, tabs, header.tab], api_name="launch")

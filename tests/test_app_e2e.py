@@ -206,6 +206,31 @@ def test_queue_position_and_stop(client: Client, karst_run: dict[str, Any]) -> N
     assert details(client, first)["status"]["epoch"] < 20
 
 
+def test_browsers_take_turns_have_a_share_and_stop_only_their_own_runs(server: AppHandle, client: Client,
+                                                                       karst_run: dict[str, Any]) -> None:
+    """Two API clients stand for two students' browsers (one gradio_client session each)."""
+    other = Client(server.url, verbose=False)
+    long_run = launch(client, epochs=20, max_train_samples=None)
+    mine = [long_run, launch(client, method="probe"), launch(client, method="probe")]
+    with pytest.raises(AppError, match=r"already have 3 runs queued or running.*may have 3 at once"):
+        launch(client, method="probe")
+    wait_for(lambda: details(client, long_run)["status"]["status"] == "running", 60, every=0.25, what="run started")
+    theirs = launch(other, method="probe")  # launched last, yet next: the first client is training now
+    assert details(other, theirs)["queue_position"] == 1
+    assert [details(client, r)["queue_position"] for r in mine[1:]] == [2, 3]
+    for run_id in (long_run, mine[1]):
+        with pytest.raises(AppError, match="launched from another browser; only the person who launched it can stop"):
+            other.predict(run_id, api_name="/stop")
+    with pytest.raises(AppError, match="only the person who launched it can delete"):
+        client.predict(theirs, True, api_name="/delete_run")
+    assert details(client, long_run)["status"]["status"] == "running"
+    for who, run_id in [(client, r) for r in reversed(mine)] + [(other, theirs)]:
+        assert "Stop requested" in who.predict(run_id, api_name="/stop")
+    for run_id in [*mine, theirs]:
+        wait_for(lambda r=run_id: details(client, r)["status"]["status"] == "cancelled", 60, every=0.25,
+                 what=f"{run_id} cancelled")
+
+
 def test_only_downloads_and_uploads_are_served(server: AppHandle, karst_run: dict[str, Any]) -> None:
     def status(path: Path) -> int:
         return httpx.get(f"{server.url.rstrip('/')}/gradio_api/file={path}").status_code
