@@ -305,15 +305,20 @@ def test_form_fields_show_their_own_errors_and_an_estimate(page) -> None:
     expect(check).not_to_contain_text("likely to diverge")
 
 
-def test_bad_input_shows_messages_and_app_keeps_working(page, tmp_path: Path) -> None:
-    # A text file where an image is expected.
-    open_tab(page, "6 · Download & predict")
+def predict_a_text_file(page, tmp_path: Path) -> None:
+    """On Predict: send a text file as an image, and see the one-line refusal."""
     page.get_by_role("tab", name="Several images").click()
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
     page.locator("#predict-many input[type=file]").set_input_files(str(notes))
     page.locator("#predict-many-btn").click()
     expect(page.get_by_text("is not an image").first).to_be_visible()
+
+
+def test_bad_input_shows_messages_and_app_keeps_working(page, tmp_path: Path) -> None:
+    # A text file where an image is expected.
+    open_tab(page, "6 · Download & predict")
+    predict_a_text_file(page, tmp_path)
     shot(page, "07_bad_image")
 
     # Settings that do not fit the backbone.
@@ -486,12 +491,7 @@ def test_predict_shows_what_the_model_sees_knows_and_leaves_no_error_mark(page, 
     expect(seen.locator(".caption-label")).to_have_text("32×32 px")
     shots(page, "21_predict_unsure_noise", "#predict-verdict svg.karst-icon-warn")
     # A bad input marks the views "Error"; the next good prediction clears every mark.
-    page.get_by_role("tab", name="Several images").click()
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not an image")
-    page.locator("#predict-many input[type=file]").set_input_files(str(notes))
-    page.locator("#predict-many-btn").click()
-    expect(page.get_by_text("is not an image").first).to_be_visible()
+    predict_a_text_file(page, tmp_path)
     expect(stale_marks.first).to_be_visible()  # the selector finds the marks while they are due
     shot(page, "22_predict_error_marks")
     page.get_by_role("tab", name="Image (upload, paste, webcam)").click()
