@@ -230,7 +230,8 @@ class Workspace:
         if key and self.max_active_per_owner:
             self._check_share(key)
         epoch, _ = self.store.prepare_resume(run_id)
-        self.jobs.ensure_worker()
+        if self._start_worker:
+            self.jobs.ensure_worker()
         where = f"from epoch {epoch}" if epoch else "from the start (it saved no training state)"
         return f"Resuming {run_id} {where}: queued."
 
