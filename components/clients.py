@@ -10,13 +10,15 @@ session stands for it, so one ``Client`` is one launcher.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from .runner import Runner
 
-__all__ = ["Clients", "build", "bind", "client_id"]
+__all__ = ["Clients", "build", "bind", "client_id", "as_client"]
 
 _TOKEN_CHARS = 22  # token_urlsafe(16)
 
@@ -45,6 +47,17 @@ def client_id(token: object, request: gr.Request | None) -> str:
         return token
     session = getattr(request, "session_hash", None)
     return f"session:{session}" if session else "anonymous"
+
+
+def as_client(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler for ``fn(*values, owner=...)`` whose inputs are ``[Clients.token, *values]``: it passes
+    the caller's :func:`client_id` as ``owner``. The token is a gr.State, so a public endpoint's
+    parameters stay ``values``."""
+    # `request` first: Gradio finds it by its annotation and inserts it by its position.
+    def handler(request: gr.Request, token: str | None, *values: Any) -> Any:
+        return fn(*values, owner=client_id(token, request))
+
+    return handler
 
 
 def bind(c: Clients, demo: gr.Blocks) -> None:

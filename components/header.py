@@ -15,7 +15,7 @@ import gradio as gr
 from karst.runs import ACTIVE_STATES
 
 from . import clients
-from .clients import Clients, client_id
+from .clients import Clients, as_client
 from .guard import guarded, log
 from .runner import Runner
 
@@ -90,14 +90,14 @@ def refresh_runs(runner: Runner, run_id: str | None) -> tuple:
         runner.runs_signature()
 
 
-def resume_run(runner: Runner, run_id: str | None, owner: str) -> str:
+def resume_run(runner: Runner, run_id: str | None, *, owner: str | None = None) -> str:
     """Queue a cancelled or interrupted run to continue from its last epoch (a one-line error otherwise)."""
     message = runner.resume(run_id, owner=owner)
     gr.Info(message)
     return message
 
 
-def stop_run(runner: Runner, run_id: str | None, owner: str) -> str:
+def stop_run(runner: Runner, run_id: str | None, *, owner: str | None = None) -> str:
     """Stop a run this browser launched (or one launched from the server), else say who may."""
     message = runner.stop(run_id, owner=owner)
     gr.Info(message)
@@ -112,13 +112,8 @@ def bind(h: Header, runner: Runner, demo: gr.Blocks, tabs: gr.Tabs) -> None:
     h.refresh.click(guarded(partial(refresh_runs, runner)), inputs=[h.run], outputs=[h.run, h.runs_sig],
                     api_name="list_runs")
     clients.bind(h.clients, demo)
-
-    # Closures, not partials: Gradio finds the gr.Request parameter through the annotations.
-    def stop(run_id: str | None, token: str | None, request: gr.Request) -> str:
-        return stop_run(runner, run_id, client_id(token, request))
-
-    def resume(run_id: str | None, token: str | None, request: gr.Request) -> str:
-        return resume_run(runner, run_id, client_id(token, request))
-
-    h.stop.click(guarded(stop), inputs=[h.run, h.clients.token], outputs=[h.message], api_name="stop")
-    h.resume.click(guarded(resume), inputs=[h.run, h.clients.token], outputs=[h.message], api_name="resume")
+    as_caller = [h.clients.token, h.run]
+    h.stop.click(guarded(as_client(partial(stop_run, runner))), inputs=as_caller, outputs=[h.message],
+                 api_name="stop")
+    h.resume.click(guarded(as_client(partial(resume_run, runner))), inputs=as_caller, outputs=[h.message],
+                   api_name="resume")

@@ -12,7 +12,7 @@ from karst.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_LR
 from karst.preflight import form_spec
 
 from . import texts
-from .clients import client_id
+from .clients import as_client
 from .guard import guarded
 from .header import Header
 from .runner import Runner, SetupForm
@@ -169,7 +169,7 @@ def show_formula(*values: Any) -> str:
     return texts.method_formula(**dict(zip(_FORMULA_KEYS, values, strict=True)))
 
 
-def launch_run(runner: Runner, owner: str, *values: Any) -> tuple:
+def launch_run(runner: Runner, *values: Any, owner: str | None = None) -> tuple:
     """Queue a run as this browser's (it may stop it; the queue takes turns between browsers)."""
     run_id = runner.launch(SetupForm(*values), owner=owner)
     gr.Info(f"Queued {run_id}.")
@@ -197,10 +197,5 @@ def bind(p: SetupPanel, runner: Runner, header: Header, tabs: gr.Tabs, demo: gr.
           inputs=p.inputs(), outputs=[p.check, p.fault], trigger_mode="always_last", show_progress="hidden",
           api_name="check_settings").then(mark_fields, p.fault, p.marked(), show_progress="hidden",
                                           api_visibility="private")
-    # A closure, not a partial: Gradio finds the gr.Request parameter through the annotations.
-    # `request` first: Gradio inserts it by its position among the parameters.
-    def launch(request: gr.Request, token: str | None, *values: Any) -> tuple:
-        return launch_run(runner, client_id(token, request), *values)
-
-    p.launch.click(guarded(launch), inputs=[header.clients.token, *p.inputs()],
+    p.launch.click(guarded(as_client(partial(launch_run, runner))), inputs=[header.clients.token, *p.inputs()],
                    outputs=[header.run, header.runs_sig, tabs, header.tab], api_name="launch")

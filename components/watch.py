@@ -15,7 +15,7 @@ import gradio as gr
 from karst.runs import ACTIVE_STATES
 
 from . import fmt, plots, texts
-from .clients import client_id
+from .clients import as_client
 from .guard import guarded, report
 from .header import Header, refresh_runs
 from .runner import Runner
@@ -173,13 +173,13 @@ def other_choices(runner: Runner, other_id: str | None) -> Any:
     return gr.Dropdown(choices=choices, value=other_id if other_id in ids else "")
 
 
-def save_meta(runner: Runner, run_id: str | None, name: str, note: str, owner: str | None = None) -> str:
+def save_meta(runner: Runner, run_id: str | None, name: str, note: str, *, owner: str | None = None) -> str:
     meta = runner.set_run_meta(run_id, name, note, owner=owner)
     gr.Info(f"Saved: {meta['name'] or 'no name'}.")
     return fmt.field_table(runner.run_details(run_id))
 
 
-def delete_run(runner: Runner, run_id: str | None, confirmed: bool, owner: str | None = None) -> str:
+def delete_run(runner: Runner, run_id: str | None, confirmed: bool, *, owner: str | None = None) -> str:
     if not confirmed:
         return gr.skip()
     message = runner.delete(run_id, owner=owner)
@@ -198,23 +198,18 @@ def bind(p: WatchPanel, runner: Runner, header: Header) -> None:
     header.runs_sig.change(guarded(partial(other_choices, runner)), inputs=p.other, outputs=p.other,
                            show_progress="hidden", api_visibility="private")
     refresh = partial(refresh_runs, runner)
-    # Closures, not partials: Gradio finds the gr.Request parameter through the annotations.
-    def save(run_id: str | None, name: str, note: str, token: str | None, request: gr.Request) -> str:
-        return save_meta(runner, run_id, name, note, client_id(token, request))
-
-    def delete(run_id: str | None, confirmed: bool, token: str | None, request: gr.Request) -> str:
-        return delete_run(runner, run_id, confirmed, client_id(token, request))
-
-    p.save.click(guarded(save), [header.run, p.name, p.note, header.clients.token], p.table,
+    p.save.click(guarded(as_client(partial(save_meta, runner))), [header.clients.token, header.run, p.name, p.note],
+                 p.table,
                  api_name="set_run_meta").then(guarded(refresh), header.run, [header.run, header.runs_sig],
                                                api_visibility="private")
     # The browser asks first; the server deletes only when the answer was yes.
     # The browser's answer must travel in a component the browser sends: a gr.State input would keep
     # its server-side value and ignore a "Cancel".
     answer = gr.Checkbox(False, visible=False, elem_id="run-delete-confirm")
-    p.delete.click(guarded(delete), [header.run, answer, header.clients.token], header.message,
-                   js="(run, _, token) => [run, confirm('Delete run ' + run + ' and all its files? This cannot be "
-                   "undone.'), token]",
+    p.delete.click(guarded(as_client(partial(delete_run, runner))), [header.clients.token, header.run, answer],
+                   header.message,
+                   js="(token, run, _) => [token, run, confirm('Delete run ' + run + ' and all its files? This "
+                   "cannot be undone.')]",
                    api_name="delete_run").then(guarded(refresh), header.run, [header.run, header.runs_sig],
                                                api_visibility="private")
     p.timer.tick(partial(poll, runner), inputs=[header.run, p.other, p.sig], outputs=p.outputs(),
