@@ -182,11 +182,13 @@ class Workspace:
         config = self.preflight.config(form)
         key = owner_key(owner) if owner else None
         with self._launch_lock:  # two clicks at once must not both pass the limit
-            if key and self.max_active_per_owner:
-                self._check_share(key)
+            self._check_share(key)
             return self.jobs.submit(config, start_worker=self._start_worker, owner=key)
 
-    def _check_share(self, key: str) -> None:
+    def _check_share(self, key: str | None) -> None:
+        """RunError if the client ``key`` already has its share queued or running (no key, no limit: fine)."""
+        if not key or not self.max_active_per_owner:
+            return
         mine = [run_id for run_id in self.store.run_ids() if self._owner_of(run_id, active=True) == key]
         if len(mine) >= self.max_active_per_owner:
             raise RunError(f"you already have {len(mine)} runs queued or running ({', '.join(mine)}) and each browser "
@@ -226,10 +228,9 @@ class Workspace:
         if not run_id:
             raise RunError("no run selected; pick a cancelled or interrupted run in the list first.")
         self._check_owner(run_id, owner, "resume")
-        key = self._owner_of(run_id)
-        if key and self.max_active_per_owner:
-            self._check_share(key)
-        epoch, _ = self.store.prepare_resume(run_id)
+        with self._launch_lock:  # a resume is a launch: it counts against the launcher's share
+            self._check_share(self._owner_of(run_id))
+            epoch, _ = self.store.prepare_resume(run_id)
         if self._start_worker:
             self.jobs.ensure_worker()
         where = f"from epoch {epoch}" if epoch else "from the start (it saved no training state)"
